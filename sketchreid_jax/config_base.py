@@ -1,0 +1,118 @@
+"""The one place where every configuration key is defined, with its default and its meaning.
+
+Method configs (``configs/*.py``) start from :func:`base_config` and change what their method needs;
+they never invent keys (configs are locked, so a typo in ``--config.train.epoch=5`` is an error rather
+than a silently ignored setting). Defaults follow the MM'23 baseline (DESIGN §4).
+"""
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.method = 'baseline'  # key of sketchreid_jax.methods.METHODS
+  c.seed = 0  # model init, P×K plan and augmentation all derive from it
+
+  c.data = ml_collections.ConfigDict()
+  c.data.dataset = 'market_sketch'  # key of sketchreid_jax.datasets.DATASETS
+  c.data.root = 'data/synthetic/market_sketch'  # the dataset folder (real or synthetic, same layout)
+  c.data.cache_dir = ''  # TFDS build cache; '' = ~/.cache/sketchreid_jax/tfds
+  c.data.train_styles = 'ABCDEF'  # artist styles (S1..S6 = A..F) whose sketches are used for training
+  c.data.test_styles = 'ABCDEF'  # artist styles whose sketches are the queries
+  c.data.image_size = (288, 144)  # (H, W)
+  c.data.pad = 10  # zero padding before the random crop
+  c.data.flip = True
+  c.data.random_erasing = 0.0  # probability; off in the MM'23 baseline, on (0.5) in CMDSL's text
+  c.data.prefetch = 2  # batches prefetched by tf.data and to the device
+
+  c.sampler = ml_collections.ConfigDict()
+  c.sampler.P = 8  # identities per batch
+  c.sampler.K = 4  # photos and sketches per identity (batch = 2·P·K)
+
+  c.model = ml_collections.ConfigDict()
+  c.model.width = 64  # ResNet base channels; 64 is the real ResNet-50
+  c.model.last_stride = 1  # re-id keeps layer4 at 1/16 resolution
+  c.model.gem_p = 3.0
+  c.model.gem_learnable = False  # fixed p = 3 in the baseline
+  c.model.dtype = 'float32'  # computation dtype ('bfloat16' for mixed precision)
+  c.model.init_checkpoint = ''  # converted ImageNet weights (tools.convert_weights); '' = from scratch
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.id_weight = 1.0  # identity cross-entropy on the BNNeck logits
+  c.loss.label_smoothing = 0.0
+  c.loss.metric = 'wrt'  # 'wrt' (weighted regularised triplet) or 'batch_hard'
+  c.loss.metric_weight = 1.0
+  c.loss.triplet_margin = 0.3  # batch-hard margin (unused by WRT, which has none)
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.lr = 0.1  # base learning rate of the heads
+  c.optim.backbone_lr_mult = 0.1  # backbone lr = lr × this (ImageNet-initialised backbones)
+  c.optim.momentum = 0.9
+  c.optim.nesterov = True
+  c.optim.weight_decay = 5e-4  # coupled L2, as torch.optim.SGD(weight_decay=…)
+  c.optim.head_modules = ('gem', 'bnneck')  # top-level parameter collections trained at the full lr
+
+  # Epoch-wise step schedule: lr·(e+1)/warmup_epochs during warm-up, then ×gamma at each milestone.
+  c.schedule = ml_collections.ConfigDict()
+  c.schedule.warmup_epochs = 10
+  c.schedule.milestones = (20, 50)
+  c.schedule.gamma = 0.1
+
+  c.train = ml_collections.ConfigDict()
+  c.train.epochs = 80
+  c.train.log_every_steps = 10
+  c.train.checkpoint_every_steps = 0  # 0 = at the end of every epoch only
+  c.train.progress_bar = True
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.every_epochs = 10  # and always after the last epoch
+  c.eval.protocols = ('single_query',)  # any of 'single_query', 'multi_query'
+  c.eval.best_protocol = ''  # protocol whose mAP picks the best checkpoint; '' = the first
+  c.eval.batch_size = 128
+  c.eval.feature = 'feat'  # 'feat' = pre-BN GeM feature (the reference), 'bn_feat' = after BNNeck
+  c.eval.flip = False  # average the embeddings of the image and its mirror image
+  c.eval.multi_query_aggregate = 'mean'  # mean of L2-normalised sketch embeddings per identity
+  c.eval.max_rank = 50
+
+  c.parallel = ml_collections.ConfigDict()
+  c.parallel.launcher = 'shard_map'  # 'shard_map' (jit over a ('data',) mesh) or 'pmap'
+  return c
+
+
+def with_preset(config: ml_collections.ConfigDict, preset: str | None,
+                presets: dict) -> ml_collections.ConfigDict:
+  """Applies ``presets[preset]`` (a dict of dotted keys → values) to ``config``.
+
+  Presets are flat dicts of overrides so that a reader sees in one place what a paper setting changes.
+  """
+  if not preset:
+    return config
+  if preset not in presets:
+    raise ValueError(f'unknown preset {preset!r}; this config has: {", ".join(sorted(presets))}')
+  for key, value in presets[preset].items():
+    node = config
+    *parents, leaf = key.split('.')
+    for p in parents:
+      node = node[p]
+    if leaf not in node:
+      raise KeyError(f'preset {preset!r} sets unknown key {key!r}')
+    node[leaf] = value
+  return config
+
+
+def load_config(spec: str, **overrides) -> ml_collections.ConfigDict:
+  """Loads ``'configs/x.py[:preset]'`` the way ``--config`` does (for notebooks and tests).
+
+  ``overrides`` use ``__`` for dots: ``load_config('configs/demo.py', train__epochs=1)``.
+  """
+  import importlib.util
+  import os
+  path, _, preset = spec.partition(':')
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'config file {path!r} not found (relative to {os.getcwd()!r})')
+  module_spec = importlib.util.spec_from_file_location(f'_config_{abs(hash(path))}', path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  config = module.get_config(preset) if preset else module.get_config()
+  return with_preset(config, '_overrides', {'_overrides': {
+      k.replace('__', '.'): v for k, v in overrides.items()}}) if overrides else config

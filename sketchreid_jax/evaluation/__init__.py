@@ -1,0 +1,9 @@
+"""Evaluation: ranking metrics (DESIGN §3 ``evaluate_rank``) and result reports."""
+
+from sketchreid_jax.evaluation.ranking import RankResult
+from sketchreid_jax.evaluation.ranking import evaluate_rank
+from sketchreid_jax.evaluation.ranking import pairwise_distance
+from sketchreid_jax.evaluation.report import chance_levels
+from sketchreid_jax.evaluation.report import format_table
+from sketchreid_jax.evaluation.report import plot_cmc
+from sketchreid_jax.evaluation.report import write_results

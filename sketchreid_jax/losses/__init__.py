@@ -1,0 +1,7 @@
+"""Losses: pure functions ``(arrays…, *, hyper-parameters) -> scalar``, one family per file."""
+
+from sketchreid_jax.losses.distances import cosine_similarity
+from sketchreid_jax.losses.distances import euclidean_distance
+from sketchreid_jax.losses.identity import cross_entropy
+from sketchreid_jax.losses.triplet import batch_hard_triplet
+from sketchreid_jax.losses.triplet import wrt_triplet

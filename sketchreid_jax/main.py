@@ -1,0 +1,42 @@
+r"""Command-line entry point: train and evaluate, or evaluate a trained workdir.
+
+  python -m sketchreid_jax.main --config=configs/baseline.py:market_sketch_mq --workdir=runs/mq \
+      [--config.train.epochs=5 ...] [--mode=train|evaluate]
+
+``--config`` names an ml_collections config file, optionally followed by ``:preset``; any key can be
+overridden with ``--config.<key>=<value>``. ``--mode=train`` (default) resumes from the workdir's
+latest checkpoint if there is one. ``--mode=evaluate`` evaluates the workdir's best (else latest)
+checkpoint on the config's protocols without training.
+"""
+
+import logging
+import os
+import sys
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # before TF is imported anywhere
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'Config file, optionally with :preset.',
+                                lock_config=True)
+flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and reports go.')
+flags.DEFINE_enum('mode', 'train', ['train', 'evaluate'], 'Train (and evaluate) or evaluate only.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  import jax  # noqa: F401  (after flags: keeps --help fast)
+  from sketchreid_jax import train
+  logging.getLogger().setLevel(logging.INFO)
+  if FLAGS.mode == 'train':
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  else:
+    train.evaluate_workdir(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == '__main__':
+  app.run(main)

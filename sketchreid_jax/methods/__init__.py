@@ -1,0 +1,49 @@
+"""The method registry: the one table that says, per method, which model to build and which losses
+to combine (DESIGN §1: no ``if method == …`` chains anywhere else).
+
+A method is registered once, in its own module, with :func:`register`. ``train.py`` looks it up by
+``config.method``; nothing else needs to know which methods exist.
+"""
+
+import dataclasses
+from typing import Callable, Mapping
+
+import flax.linen as nn
+import jax.numpy as jnp
+import ml_collections
+
+# (config, num_classes, bn_axis_name) -> model
+ModelFn = Callable[[ml_collections.ConfigDict, int, str | None], nn.Module]
+# (outputs on the global batch, batch on the global batch, config) -> {term: (weight, value)}
+LossFn = Callable[[Mapping[str, jnp.ndarray], Mapping[str, jnp.ndarray], ml_collections.ConfigDict],
+                  dict[str, tuple[float, jnp.ndarray]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  name: str
+  model_for: ModelFn
+  losses_for: LossFn
+  # Model outputs the losses need over the global batch (all-gathered across devices); the rest
+  # (e.g. feature maps) stay per device.
+  global_outputs: tuple[str, ...] = ('feat', 'logits')
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+  if method.name in METHODS:
+    raise ValueError(f'method {method.name!r} registered twice')
+  METHODS[method.name] = method
+  return method
+
+
+def get_method(name: str) -> Method:
+  if name not in METHODS:
+    raise ValueError(f'unknown config.method {name!r}; known methods: {", ".join(sorted(METHODS))}')
+  return METHODS[name]
+
+
+# Registration happens on import; keep this list in sync with the method modules.
+from sketchreid_jax.methods import baseline  # noqa: E402,F401

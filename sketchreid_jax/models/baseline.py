@@ -1,0 +1,121 @@
+"""The ACM MM'23 "Beyond Domain Gap" two-stream baseline (Market-Sketch-1K).
+
+Implements DESIGN.md §4 "Baseline": a ResNet-50 whose stem (conv1, bn1, relu, maxpool) is
+modality-specific (``photo_stem``, ``sketch_stem``) and whose layer1–layer4 are shared, followed
+by a shared GeM (p = 3, fixed by default) and a shared BNNeck. The module only assembles parts from
+``resnet.py`` and ``heads.py``; there is no new maths here.
+
+Interpretations chosen:
+
+* A training batch arrives as two halves of equal size N, [photos | sketches]. Each stem sees its
+  own half; the shared stages and head see the concatenation, so the BatchNorm statistics of the
+  shared stages and of the BNNeck mix both modalities (as the reference, which concatenates after
+  the stems).
+* ``feat`` is the pre-BN GeM feature (used by WRT/RTCL). The test feature is the L2-normalised
+  pre-BN feature by default (post-BN as an option); the normalisation happens in evaluation, not
+  in the model, so ``extract`` returns both raw features.
+* Modality is a static Python int: 0 = photo, 1 = sketch.
+* The backbone computes in ``dtype``; the heads (GeM, BNNeck, logits) always compute in float32.
+* Parameter tree: ``photo_stem/{conv1,bn1}``, ``sketch_stem/{conv1,bn1}``, ``layer1``…``layer4``
+  (torchvision block names inside, see resnet.py), ``gem`` (only with a learnable p),
+  ``bnneck/{bn,classifier}``.
+
+Building blocks for later methods (CMDSL's CMAlign pushes reconstructed layer-3 maps through
+``stages(start='layer4', stop='layer4')`` and ``head``): ``stem``, ``stages``, ``head``.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from sketchreid_jax.models.heads import BNNeck, GeM
+from sketchreid_jax.models.resnet import ResNetStage, ResNetStem, run_stages, stage_specs
+
+Dtype = Any
+Array = jax.Array
+
+PHOTO = 0
+SKETCH = 1
+
+
+def _check_modality(modality: Any) -> int:
+  if isinstance(modality, bool) or not isinstance(modality, int) or modality not in (PHOTO, SKETCH):
+    raise ValueError(f'modality must be the Python int {PHOTO} (photo) or {SKETCH} (sketch), '
+                     f'got {modality!r}; it selects a stem and must be static.')
+  return modality
+
+
+class Baseline(nn.Module):
+  """Two-stream ResNet-50 (modality-specific stems, shared layer1–4) + GeM + BNNeck."""
+
+  num_classes: int
+  width: int = 64
+  last_stride: int = 1
+  gem_p: float = 3.0
+  gem_learnable: bool = False
+  bn_axis_name: str | None = None
+  dtype: Dtype = jnp.float32
+  gem_eps: float = 1e-6
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-5
+  neck_scale_init_std: float = 0.01
+  classifier_init_std: float = 0.001
+
+  def setup(self) -> None:
+    bn_kwargs = dict(bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
+                     bn_axis_name=self.bn_axis_name, dtype=self.dtype)
+    self.photo_stem = ResNetStem(width=self.width, **bn_kwargs)
+    self.sketch_stem = ResNetStem(width=self.width, **bn_kwargs)
+    layers = [ResNetStage(s.num_blocks, s.features, s.stride, **bn_kwargs)
+              for s in stage_specs(self.width, self.last_stride)]
+    self.layer1, self.layer2, self.layer3, self.layer4 = layers
+    self.gem = GeM(p=self.gem_p, learnable=self.gem_learnable, eps=self.gem_eps)
+    # Heads compute in float32 regardless of the backbone dtype (DESIGN.md §4).
+    self.bnneck = BNNeck(self.num_classes, bn_axis_name=self.bn_axis_name, dtype=jnp.float32,
+                         bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
+                         scale_init_std=self.neck_scale_init_std,
+                         classifier_init_std=self.classifier_init_std)
+
+  def stem(self, x: Array, *, modality: int, train: bool) -> Array:
+    """The modality-specific stem: 0 = photo, 1 = sketch."""
+    stem = self.photo_stem if _check_modality(modality) == PHOTO else self.sketch_stem
+    return stem(x, train=train)
+
+  def stages(self, x: Array, *, start: str = 'layer1', stop: str = 'layer4',
+             train: bool) -> Array:
+    """The shared stages from ``start`` to ``stop`` inclusive ('layer1'..'layer4')."""
+    named = {'layer1': self.layer1, 'layer2': self.layer2, 'layer3': self.layer3,
+             'layer4': self.layer4}
+    return run_stages(named, x, start=start, stop=stop, train=train)
+
+  def head(self, fmap: Array, *, train: bool) -> dict[str, Array]:
+    """GeM + BNNeck on a layer-4 map: {'feat' (pre-BN), 'bn_feat', 'logits' (float32)}."""
+    feat = self.gem(fmap)
+    bn_feat, logits = self.bnneck(feat, train=train)
+    return {'feat': feat, 'bn_feat': bn_feat, 'logits': logits}
+
+  def __call__(self, photos: Array, sketches: Array, *, train: bool) -> dict[str, Any]:
+    """Training forward on [photos | sketches] halves of equal size N.
+
+    Returns {'feat': (2N, D), 'bn_feat': (2N, D), 'logits': (2N, C) float32,
+    'maps': {'layer3', 'layer4'}: NHWC maps of the concatenated batch}, rows [photos; sketches].
+    """
+    if photos.ndim != 4 or photos.shape != sketches.shape:
+      raise ValueError(
+          f'Baseline: photos and sketches must be NHWC batches of the same shape (N photos and '
+          f'N sketches, same image size), got {tuple(photos.shape)} and {tuple(sketches.shape)}.')
+    x = jnp.concatenate([self.stem(photos, modality=PHOTO, train=train),
+                         self.stem(sketches, modality=SKETCH, train=train)], axis=0)
+    layer3 = self.stages(x, start='layer1', stop='layer3', train=train)
+    layer4 = self.stages(layer3, start='layer4', stop='layer4', train=train)
+    out = self.head(layer4, train=train)
+    out['maps'] = {'layer3': layer3, 'layer4': layer4}
+    return out
+
+  def extract(self, images: Array, *, modality: int, train: bool = False) -> dict[str, Array]:
+    """Evaluation features of one modality: {'feat' (pre-BN), 'bn_feat'} (not normalised)."""
+    x = self.stages(self.stem(images, modality=modality, train=train), train=train)
+    out = self.head(x, train=train)
+    return {'feat': out['feat'], 'bn_feat': out['bn_feat']}

@@ -1,0 +1,72 @@
+"""Training pieces against hand-derived values, and one whole train → evaluate → resume run."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from sketchreid_jax import parallel, train
+from sketchreid_jax.config_base import load_config
+from tests.conftest import REPO
+
+
+def test_lr_schedule_matches_the_epoch_rule():
+  c = load_config(os.path.join(REPO, 'configs/baseline.py'))
+  spe = 7
+  f = train.lr_schedule(c, spe, 0.1)
+  expected = {0: 0.01, 4: 0.05, 9: 0.1, 10: 0.1, 19: 0.1, 20: 0.01, 49: 0.01, 50: 0.001, 79: 0.001}
+  for epoch, lr in expected.items():
+    for step in (epoch * spe, epoch * spe + spe - 1):
+      assert float(f(step)) == pytest.approx(lr, rel=1e-6), (epoch, step)
+
+
+@pytest.mark.parametrize('devices', [1, 2, 4])
+def test_device_major_permutation_gives_each_device_its_own_photos_then_sketches(devices):
+  P, K = 4, 3
+  # Row r of the host batch: identity r // K for photos, (r - P*K) // K for sketches.
+  ident = np.concatenate([np.repeat(np.arange(P), K), np.repeat(np.arange(P), K)])
+  modality = np.concatenate([np.zeros(P * K), np.ones(P * K)])
+  perm = parallel.device_major_permutation(P, K, devices)
+  assert sorted(perm) == list(range(2 * P * K))
+  for d, chunk in enumerate(np.split(perm, devices)):
+    half = len(chunk) // 2
+    assert (modality[chunk[:half]] == 0).all() and (modality[chunk[half:]] == 1).all()
+    ids = set(ident[chunk])
+    assert ids == set(range(d * P // devices, (d + 1) * P // devices))
+    np.testing.assert_array_equal(ident[chunk[:half]], ident[chunk[half:]])
+
+
+def test_permutation_refuses_uneven_split():
+  with pytest.raises(ValueError, match='multiple of the device count'):
+    parallel.device_major_permutation(5, 2, 2)
+
+
+def test_train_evaluate_and_resume_on_tiny_synthetic(tiny_market, tfds_cache, tmp_path, capsys):
+  config = load_config(os.path.join(REPO, 'configs/demo.py:tiny'))
+  config.data.root = tiny_market
+  config.data.cache_dir = tfds_cache
+  config.train.progress_bar = False
+  workdir = str(tmp_path / 'run')
+
+  results = train.train_and_evaluate(config, workdir)
+  assert set(results) == {'single_query', 'multi_query'}
+  for r in results.values():
+    assert 0.0 <= r.mAP <= 1.0 and 0.0 <= r.rank(1) <= 1.0 and r.num_valid_queries > 0
+  for name in ('results.json', 'results.csv', 'results.md', 'cmc.png', 'config.json',
+               'train_meta.json'):
+    assert os.path.exists(os.path.join(workdir, name)), name
+  meta = json.load(open(os.path.join(workdir, 'train_meta.json')))
+  spe = meta['steps_per_epoch']
+  latest = os.listdir(os.path.join(workdir, 'checkpoints'))
+  assert str(2 * spe) in latest
+  assert len(os.listdir(os.path.join(workdir, 'best'))) >= 1
+  assert 'chance' in capsys.readouterr().out
+
+  # Resume: one more epoch continues from the saved step instead of starting over.
+  config.train.epochs = 3
+  train.train_and_evaluate(config, workdir)
+  assert str(3 * spe) in os.listdir(os.path.join(workdir, 'checkpoints'))
+  params_after = train.evaluate_workdir(config, workdir)
+  assert set(params_after) == {'single_query', 'multi_query'}
