@@ -21,12 +21,21 @@ method; this config is the identity + WRT core that every method here extends.
 from sketchreid_jax.config_base import base_config, with_preset
 
 PRESETS = {
-    'market_sketch_s1': {'data.train_styles': 'A', 'data.test_styles': 'A',
-                         'eval.protocols': ('single_query',)},
-    'market_sketch_sq': {'data.train_styles': 'ABCDEF', 'data.test_styles': 'ABCDEF',
-                         'eval.protocols': ('single_query',)},
-    'market_sketch_mq': {'data.train_styles': 'ABCDEF', 'data.test_styles': 'ABCDEF',
-                         'eval.protocols': ('multi_query', 'single_query')},
+  'market_sketch_s1': {
+    'data.train_styles': 'A',
+    'data.test_styles': 'A',
+    'eval.protocols': ('single_query',),
+  },
+  'market_sketch_sq': {
+    'data.train_styles': 'ABCDEF',
+    'data.test_styles': 'ABCDEF',
+    'eval.protocols': ('single_query',),
+  },
+  'market_sketch_mq': {
+    'data.train_styles': 'ABCDEF',
+    'data.test_styles': 'ABCDEF',
+    'eval.protocols': ('multi_query', 'single_query'),
+  },
 }
 
 

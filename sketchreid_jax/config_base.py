@@ -15,15 +15,20 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict()
   c.data.dataset = 'market_sketch'  # key of sketchreid_jax.datasets.DATASETS
-  c.data.root = 'data/synthetic/market_sketch'  # the dataset folder (real or synthetic, same layout)
+  c.data.root = (
+    'data/synthetic/market_sketch'  # the dataset folder (real or synthetic, same layout)
+  )
   c.data.cache_dir = ''  # TFDS build cache; '' = ~/.cache/sketchreid_jax/tfds
-  c.data.train_styles = 'ABCDEF'  # artist styles (S1..S6 = A..F) whose sketches are used for training
+  c.data.train_styles = (
+    'ABCDEF'  # artist styles (S1..S6 = A..F) whose sketches are used for training
+  )
   c.data.test_styles = 'ABCDEF'  # artist styles whose sketches are the queries
   c.data.image_size = (288, 144)  # (H, W)
   c.data.pad = 10  # zero padding before the random crop
   c.data.flip = True
   c.data.random_erasing = 0.0  # probability; off in the MM'23 baseline, on (0.5) in CMDSL's text
   c.data.prefetch = 2  # batches prefetched by tf.data and to the device
+  c.data.threads = 0  # tf.data thread-pool size; 0 = TF's default (all cores)
 
   c.sampler = ml_collections.ConfigDict()
   c.sampler.P = 8  # identities per batch
@@ -35,7 +40,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.gem_p = 3.0
   c.model.gem_learnable = False  # fixed p = 3 in the baseline
   c.model.dtype = 'float32'  # computation dtype ('bfloat16' for mixed precision)
-  c.model.init_checkpoint = ''  # converted ImageNet weights (tools.convert_weights); '' = from scratch
+  c.model.init_checkpoint = (
+    ''  # converted ImageNet weights (tools.convert_weights); '' = from scratch
+  )
 
   c.loss = ml_collections.ConfigDict()
   c.loss.id_weight = 1.0  # identity cross-entropy on the BNNeck logits
@@ -45,11 +52,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.triplet_margin = 0.3  # batch-hard margin (unused by WRT, which has none)
 
   c.optim = ml_collections.ConfigDict()
+  c.optim.name = 'sgd'  # 'sgd' (the papers: Nesterov momentum) or 'adamw' (from-scratch runs)
   c.optim.lr = 0.1  # base learning rate of the heads
   c.optim.backbone_lr_mult = 0.1  # backbone lr = lr × this (ImageNet-initialised backbones)
-  c.optim.momentum = 0.9
+  c.optim.momentum = 0.9  # SGD momentum, or AdamW's beta1
   c.optim.nesterov = True
-  c.optim.weight_decay = 5e-4  # coupled L2, as torch.optim.SGD(weight_decay=…)
+  c.optim.weight_decay = 5e-4  # SGD: coupled L2 as torch.optim.SGD; AdamW: decoupled decay
   c.optim.head_modules = ('gem', 'bnneck')  # top-level parameter collections trained at the full lr
 
   # Epoch-wise step schedule: lr·(e+1)/warmup_epochs during warm-up, then ×gamma at each milestone.
@@ -65,7 +73,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.progress_bar = True
 
   c.eval = ml_collections.ConfigDict()
-  c.eval.every_epochs = 10  # and always after the last epoch
+  c.eval.every_epochs = 10  # and always after the last epoch (0 = only then)
   c.eval.protocols = ('single_query',)  # any of 'single_query', 'multi_query'
   c.eval.best_protocol = ''  # protocol whose mAP picks the best checkpoint; '' = the first
   c.eval.batch_size = 128
@@ -79,8 +87,9 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-def with_preset(config: ml_collections.ConfigDict, preset: str | None,
-                presets: dict) -> ml_collections.ConfigDict:
+def with_preset(
+  config: ml_collections.ConfigDict, preset: str | None, presets: dict
+) -> ml_collections.ConfigDict:
   """Applies ``presets[preset]`` (a dict of dotted keys → values) to ``config``.
 
   Presets are flat dicts of overrides so that a reader sees in one place what a paper setting changes.
@@ -107,6 +116,7 @@ def load_config(spec: str, **overrides) -> ml_collections.ConfigDict:
   """
   import importlib.util
   import os
+
   path, _, preset = spec.partition(':')
   if not os.path.exists(path):
     raise FileNotFoundError(f'config file {path!r} not found (relative to {os.getcwd()!r})')
@@ -114,5 +124,10 @@ def load_config(spec: str, **overrides) -> ml_collections.ConfigDict:
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   config = module.get_config(preset) if preset else module.get_config()
-  return with_preset(config, '_overrides', {'_overrides': {
-      k.replace('__', '.'): v for k, v in overrides.items()}}) if overrides else config
+  return (
+    with_preset(
+      config, '_overrides', {'_overrides': {k.replace('__', '.'): v for k, v in overrides.items()}}
+    )
+    if overrides
+    else config
+  )

@@ -39,26 +39,19 @@ Interpretations chosen:
 """
 
 import dataclasses
-import os
 import warnings
 from typing import Iterator, Sequence
 
-# Keep TF's C++ INFO banner out of the user's console; an explicit user setting wins.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
-
-import tensorflow as tf  # noqa: E402
-
-try:
-    # JAX owns the accelerators; TF only decodes and augments on the host CPU.
-    tf.config.set_visible_devices([], "GPU")
-except RuntimeError as err:  # TF already initialised its GPUs before this import.
-    warnings.warn(f"sketchreid_jax.input_pipeline: could not hide GPUs from TensorFlow ({err}); "
-                  f"import sketchreid_jax before running any TensorFlow op.")
+from sketchreid_jax.tf_setup import tf  # noqa: E402  (hides GPUs from TF first)
 
 import numpy as np  # noqa: E402
 
-from sketchreid_jax.datasets.table import (MODALITY_PHOTO, MODALITY_SKETCH,  # noqa: E402
-                                           SampleTable, attribute_matrix)
+from sketchreid_jax.datasets.table import (
+  MODALITY_PHOTO,
+  MODALITY_SKETCH,  # noqa: E402
+  SampleTable,
+  attribute_matrix,
+)
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -72,25 +65,28 @@ TEST_SPLIT = "query"
 
 
 def available_styles(table: SampleTable, split: str) -> str:
-    """The sketch styles that have at least one image in ``split``, sorted, as one string."""
-    mask = (table.split == split) & (table.modality == MODALITY_SKETCH)
-    return "".join(sorted(set(table.style[mask].tolist())))
+  """The sketch styles that have at least one image in ``split``, sorted, as one string."""
+  mask = (table.split == split) & (table.modality == MODALITY_SKETCH)
+  return "".join(sorted(set(table.style[mask].tolist())))
 
 
 def _check_styles(table: SampleTable, styles: str, split: str, argument: str) -> str:
-    if not isinstance(styles, str) or not styles:
-        raise ValueError(f"{argument} must be a non-empty string of style letters such as 'A' or "
-                         f"'ABCDEF', got {styles!r}.")
-    wanted = "".join(sorted(set(styles)))
-    have = available_styles(table, split)
-    missing = [s for s in wanted if s not in have]
-    if missing:
-        folders = ", ".join(f"{table.root}/sketch/{s}/{split}/" for s in missing)
-        raise ValueError(
-            f"{argument}={styles!r}: no sketches of style(s) {''.join(missing)} in split "
-            f"'{split}' of {table.name or 'the dataset'} (Market-Sketch-1K layout: searched "
-            f"{folders}). Styles available in '{split}': {have or 'none'}; choose among those.")
-    return wanted
+  if not isinstance(styles, str) or not styles:
+    raise ValueError(
+      f"{argument} must be a non-empty string of style letters such as 'A' or "
+      f"'ABCDEF', got {styles!r}."
+    )
+  wanted = "".join(sorted(set(styles)))
+  have = available_styles(table, split)
+  missing = [s for s in wanted if s not in have]
+  if missing:
+    folders = ", ".join(f"{table.root}/sketch/{s}/{split}/" for s in missing)
+    raise ValueError(
+      f"{argument}={styles!r}: no sketches of style(s) {''.join(missing)} in split "
+      f"'{split}' of {table.name or 'the dataset'} (Market-Sketch-1K layout: searched "
+      f"{folders}). Styles available in '{split}': {have or 'none'}; choose among those."
+    )
+  return wanted
 
 
 # --------------------------------------------------------------------------- train set
@@ -98,350 +94,418 @@ def _check_styles(table: SampleTable, styles: str, split: str, argument: str) ->
 
 @dataclasses.dataclass(frozen=True)
 class TrainSet:
-    """Training identities, their labels and their image rows for one choice of sketch styles.
+  """Training identities, their labels and their image rows for one choice of sketch styles.
 
-    Attributes:
-      train_styles: the sketch styles used, sorted letters ('AC').
-      pids: (C,) int32 original pid of each label (sorted, so label = rank of pid).
-      labels: (len(table),) int32 label of each table row, -1 for rows outside the train set.
-      photo_index_by_label: C arrays of table row indices (training photos of that label).
-      sketch_index_by_label: C arrays of table row indices (training sketches, chosen styles).
-      attributes: (C, A) int attribute codes per label (-1 unknown), or None.
-    """
+  Attributes:
+    train_styles: the sketch styles used, sorted letters ('AC').
+    pids: (C,) int32 original pid of each label (sorted, so label = rank of pid).
+    labels: (len(table),) int32 label of each table row, -1 for rows outside the train set.
+    photo_index_by_label: C arrays of table row indices (training photos of that label).
+    sketch_index_by_label: C arrays of table row indices (training sketches, chosen styles).
+    attributes: (C, A) int attribute codes per label (-1 unknown), or None.
+  """
 
-    train_styles: str
-    pids: np.ndarray
-    labels: np.ndarray
-    photo_index_by_label: list[np.ndarray]
-    sketch_index_by_label: list[np.ndarray]
-    attributes: np.ndarray | None
+  train_styles: str
+  pids: np.ndarray
+  labels: np.ndarray
+  photo_index_by_label: list[np.ndarray]
+  sketch_index_by_label: list[np.ndarray]
+  attributes: np.ndarray | None
 
-    @property
-    def num_classes(self) -> int:
-        return len(self.pids)
+  @property
+  def num_classes(self) -> int:
+    return len(self.pids)
 
-    @property
-    def num_photos(self) -> int:
-        return int(sum(len(r) for r in self.photo_index_by_label))
+  @property
+  def num_photos(self) -> int:
+    return int(sum(len(r) for r in self.photo_index_by_label))
 
-    @property
-    def num_sketches(self) -> int:
-        return int(sum(len(r) for r in self.sketch_index_by_label))
+  @property
+  def num_sketches(self) -> int:
+    return int(sum(len(r) for r in self.sketch_index_by_label))
 
 
 def _group_rows(rows: np.ndarray, row_pids: np.ndarray, pids: np.ndarray) -> list[np.ndarray]:
-    """For each pid in ``pids`` (sorted), the entries of ``rows`` whose pid matches, in row order."""
-    order = np.argsort(row_pids, kind="stable")
-    sorted_pids = row_pids[order]
-    starts = np.searchsorted(sorted_pids, pids, side="left")
-    ends = np.searchsorted(sorted_pids, pids, side="right")
-    return [rows[order[s:e]] for s, e in zip(starts, ends)]
+  """For each pid in ``pids`` (sorted), the entries of ``rows`` whose pid matches, in row order."""
+  order = np.argsort(row_pids, kind="stable")
+  sorted_pids = row_pids[order]
+  starts = np.searchsorted(sorted_pids, pids, side="left")
+  ends = np.searchsorted(sorted_pids, pids, side="right")
+  return [rows[order[s:e]] for s, e in zip(starts, ends)]
 
 
 def make_train_set(table: SampleTable, train_styles: str) -> TrainSet:
-    """Training photos + training sketches of ``train_styles``, relabelled 0..C-1 by sorted pid."""
-    styles = _check_styles(table, train_styles, TRAIN_SPLIT, "train_styles")
-    in_split = table.split == TRAIN_SPLIT
-    photo_rows = np.flatnonzero(in_split & (table.modality == MODALITY_PHOTO))
-    sketch_rows = np.flatnonzero(in_split & (table.modality == MODALITY_SKETCH)
-                                 & np.isin(table.style, list(styles)))
-    photo_pids = np.unique(table.pid[photo_rows])
-    sketch_pids = np.unique(table.pid[sketch_rows])
-    pids = np.intersect1d(photo_pids, sketch_pids).astype(np.int32)
-    sketch_only = np.setdiff1d(sketch_pids, photo_pids)
-    photo_only = np.setdiff1d(photo_pids, sketch_pids)
-    if len(sketch_only) or len(photo_only):
-        warnings.warn(
-            f"make_train_set(train_styles={styles!r}): excluding {len(sketch_only) + len(photo_only)} "
-            f"identities that lack one modality in split '{TRAIN_SPLIT}': "
-            f"{len(sketch_only)} with sketches but no photo {sketch_only.tolist()}, "
-            f"{len(photo_only)} with photos but no sketch of these styles {photo_only.tolist()}.")
-    if not len(pids):
-        raise ValueError(f"make_train_set(train_styles={styles!r}): no identity of "
-                         f"{table.name or 'the dataset'} at {table.root} has both a training photo "
-                         f"and a training sketch of these styles; check the data or the styles.")
-    photo_rows = photo_rows[np.isin(table.pid[photo_rows], pids)]
-    sketch_rows = sketch_rows[np.isin(table.pid[sketch_rows], pids)]
-    labels = np.full(len(table), -1, dtype=np.int32)
-    for rows in (photo_rows, sketch_rows):
-        labels[rows] = np.searchsorted(pids, table.pid[rows]).astype(np.int32)
-    return TrainSet(
-        train_styles=styles,
-        pids=pids,
-        labels=labels,
-        photo_index_by_label=_group_rows(photo_rows, table.pid[photo_rows], pids),
-        sketch_index_by_label=_group_rows(sketch_rows, table.pid[sketch_rows], pids),
-        attributes=attribute_matrix(table, pids),
+  """Training photos + training sketches of ``train_styles``, relabelled 0..C-1 by sorted pid."""
+  styles = _check_styles(table, train_styles, TRAIN_SPLIT, "train_styles")
+  in_split = table.split == TRAIN_SPLIT
+  photo_rows = np.flatnonzero(in_split & (table.modality == MODALITY_PHOTO))
+  sketch_rows = np.flatnonzero(
+    in_split & (table.modality == MODALITY_SKETCH) & np.isin(table.style, list(styles))
+  )
+  photo_pids = np.unique(table.pid[photo_rows])
+  sketch_pids = np.unique(table.pid[sketch_rows])
+  pids = np.intersect1d(photo_pids, sketch_pids).astype(np.int32)
+  sketch_only = np.setdiff1d(sketch_pids, photo_pids)
+  photo_only = np.setdiff1d(photo_pids, sketch_pids)
+  if len(sketch_only) or len(photo_only):
+    warnings.warn(
+      f"make_train_set(train_styles={styles!r}): excluding {len(sketch_only) + len(photo_only)} "
+      f"identities that lack one modality in split '{TRAIN_SPLIT}': "
+      f"{len(sketch_only)} with sketches but no photo {sketch_only.tolist()}, "
+      f"{len(photo_only)} with photos but no sketch of these styles {photo_only.tolist()}."
     )
+  if not len(pids):
+    raise ValueError(
+      f"make_train_set(train_styles={styles!r}): no identity of "
+      f"{table.name or 'the dataset'} at {table.root} has both a training photo "
+      f"and a training sketch of these styles; check the data or the styles."
+    )
+  photo_rows = photo_rows[np.isin(table.pid[photo_rows], pids)]
+  sketch_rows = sketch_rows[np.isin(table.pid[sketch_rows], pids)]
+  labels = np.full(len(table), -1, dtype=np.int32)
+  for rows in (photo_rows, sketch_rows):
+    labels[rows] = np.searchsorted(pids, table.pid[rows]).astype(np.int32)
+  return TrainSet(
+    train_styles=styles,
+    pids=pids,
+    labels=labels,
+    photo_index_by_label=_group_rows(photo_rows, table.pid[photo_rows], pids),
+    sketch_index_by_label=_group_rows(sketch_rows, table.pid[sketch_rows], pids),
+    attributes=attribute_matrix(table, pids),
+  )
 
 
 # --------------------------------------------------------------------------- P×K plan
 
 
 def steps_per_epoch(train_set: TrainSet, P: int, K: int) -> int:
-    """⌊max(#photos, #sketches) / (P·K)⌋ + 1 batches per epoch (DESIGN §4)."""
-    return max(train_set.num_photos, train_set.num_sketches) // (P * K) + 1
+  """⌊max(#photos, #sketches) / (P·K)⌋ + 1 batches per epoch (DESIGN §4)."""
+  return max(train_set.num_photos, train_set.num_sketches) // (P * K) + 1
 
 
-def _identity_schedule(rng: np.random.Generator, num_classes: int, steps: int, P: int) -> np.ndarray:
-    """(steps, P) labels: per-epoch permutations walked in order, no repeat within a batch."""
-    out = np.empty((steps, P), dtype=np.int64)
-    queue = rng.permutation(num_classes)
-    pos = 0
-    for step in range(steps):
-        for slot in range(P):
-            if pos == num_classes:
-                fresh = rng.permutation(num_classes)
-                in_batch = np.isin(fresh, out[step, :slot])
-                # Identities already in this batch wait until the end of the new cycle.
-                queue = np.concatenate([fresh[~in_batch], fresh[in_batch]])
-                pos = 0
-            out[step, slot] = queue[pos]
-            pos += 1
-    return out
+def _identity_schedule(
+  rng: np.random.Generator, num_classes: int, steps: int, P: int
+) -> np.ndarray:
+  """(steps, P) labels: per-epoch permutations walked in order, no repeat within a batch."""
+  out = np.empty((steps, P), dtype=np.int64)
+  queue = rng.permutation(num_classes)
+  pos = 0
+  for step in range(steps):
+    for slot in range(P):
+      if pos == num_classes:
+        fresh = rng.permutation(num_classes)
+        in_batch = np.isin(fresh, out[step, :slot])
+        # Identities already in this batch wait until the end of the new cycle.
+        queue = np.concatenate([fresh[~in_batch], fresh[in_batch]])
+        pos = 0
+      out[step, slot] = queue[pos]
+      pos += 1
+  return out
 
 
 def _draw(rng: np.random.Generator, rows: np.ndarray, K: int) -> np.ndarray:
-    if len(rows) >= K:
-        return rows[rng.permutation(len(rows))[:K]]
-    return rows[rng.integers(0, len(rows), size=K)]
+  if len(rows) >= K:
+    return rows[rng.permutation(len(rows))[:K]]
+  return rows[rng.integers(0, len(rows), size=K)]
 
 
 def pk_plan(train_set: TrainSet, *, P: int, K: int, epoch: int, seed: int) -> np.ndarray:
-    """(steps, P, 2, K) table row indices: [:, :, 0] photos, [:, :, 1] sketches of each identity.
+  """(steps, P, 2, K) table row indices: [:, :, 0] photos, [:, :, 1] sketches of each identity.
 
-    Deterministic in (seed, epoch): ``np.random.default_rng([seed, epoch])``.
-    """
-    if P < 1 or K < 1:
-        raise ValueError(f"pk_plan: P and K must be >= 1, got P={P}, K={K}.")
-    if train_set.num_classes < P:
-        raise ValueError(f"pk_plan: P={P} identities per batch but the train set (styles "
-                         f"{train_set.train_styles!r}) has only {train_set.num_classes}; lower "
-                         f"config P to at most {train_set.num_classes} or train on more styles.")
-    rng = np.random.default_rng([seed, epoch])
-    steps = steps_per_epoch(train_set, P, K)
-    ids = _identity_schedule(rng, train_set.num_classes, steps, P)
-    plan = np.empty((steps, P, 2, K), dtype=np.int32)
-    for step in range(steps):
-        for slot, label in enumerate(ids[step]):
-            plan[step, slot, 0] = _draw(rng, train_set.photo_index_by_label[label], K)
-            plan[step, slot, 1] = _draw(rng, train_set.sketch_index_by_label[label], K)
-    return plan
+  Deterministic in (seed, epoch): ``np.random.default_rng([seed, epoch])``.
+  """
+  if P < 1 or K < 1:
+    raise ValueError(f"pk_plan: P and K must be >= 1, got P={P}, K={K}.")
+  if train_set.num_classes < P:
+    raise ValueError(
+      f"pk_plan: P={P} identities per batch but the train set (styles "
+      f"{train_set.train_styles!r}) has only {train_set.num_classes}; lower "
+      f"config P to at most {train_set.num_classes} or train on more styles."
+    )
+  rng = np.random.default_rng([seed, epoch])
+  steps = steps_per_epoch(train_set, P, K)
+  ids = _identity_schedule(rng, train_set.num_classes, steps, P)
+  plan = np.empty((steps, P, 2, K), dtype=np.int32)
+  for step in range(steps):
+    for slot, label in enumerate(ids[step]):
+      plan[step, slot, 0] = _draw(rng, train_set.photo_index_by_label[label], K)
+      plan[step, slot, 1] = _draw(rng, train_set.sketch_index_by_label[label], K)
+  return plan
 
 
 def host_slice(plan: np.ndarray, process_index: int, process_count: int) -> np.ndarray:
-    """This host's contiguous P/process_count identities of every batch: (steps, P/n, 2, K)."""
-    P = plan.shape[1]
-    if process_count < 1 or not 0 <= process_index < process_count:
-        raise ValueError(f"host_slice: need 0 <= process_index < process_count, got "
-                         f"{process_index} and {process_count}.")
-    if P % process_count:
-        raise ValueError(f"host_slice: P={P} identities per batch do not split over "
-                         f"{process_count} hosts; set P to a multiple of the host count.")
-    per_host = P // process_count
-    return plan[:, process_index * per_host:(process_index + 1) * per_host]
+  """This host's contiguous P/process_count identities of every batch: (steps, P/n, 2, K)."""
+  P = plan.shape[1]
+  if process_count < 1 or not 0 <= process_index < process_count:
+    raise ValueError(
+      f"host_slice: need 0 <= process_index < process_count, got "
+      f"{process_index} and {process_count}."
+    )
+  if P % process_count:
+    raise ValueError(
+      f"host_slice: P={P} identities per batch do not split over "
+      f"{process_count} hosts; set P to a multiple of the host count."
+    )
+  per_host = P // process_count
+  return plan[:, process_index * per_host : (process_index + 1) * per_host]
 
 
 def batch_indices(step_plan: np.ndarray) -> np.ndarray:
-    """(..., p, 2, K) -> (..., 2·p·K): [photos of id_0..id_p-1 | sketches of id_0..id_p-1]."""
-    step_plan = np.asarray(step_plan)
-    if step_plan.ndim < 3 or step_plan.shape[-2] != 2:
-        raise ValueError(f"batch_indices expects (..., p, 2, K), got shape {step_plan.shape}.")
-    lead = step_plan.shape[:-3]
-    photos = step_plan[..., 0, :].reshape(*lead, -1)
-    sketches = step_plan[..., 1, :].reshape(*lead, -1)
-    return np.concatenate([photos, sketches], axis=-1)
+  """(..., p, 2, K) -> (..., 2·p·K): [photos of id_0..id_p-1 | sketches of id_0..id_p-1]."""
+  step_plan = np.asarray(step_plan)
+  if step_plan.ndim < 3 or step_plan.shape[-2] != 2:
+    raise ValueError(f"batch_indices expects (..., p, 2, K), got shape {step_plan.shape}.")
+  lead = step_plan.shape[:-3]
+  photos = step_plan[..., 0, :].reshape(*lead, -1)
+  sketches = step_plan[..., 1, :].reshape(*lead, -1)
+  return np.concatenate([photos, sketches], axis=-1)
 
 
 # --------------------------------------------------------------------------- augmentation
 
 
 def decode_rgb(encoded: tf.Tensor) -> tf.Tensor:
-    """Encoded JPEG/PNG/BMP/GIF bytes -> float32 (h, w, 3) in [0, 255]; greyscale is replicated."""
-    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-    return tf.cast(image, tf.float32)
+  """Encoded JPEG/PNG/BMP/GIF bytes -> float32 (h, w, 3) in [0, 255]; greyscale is replicated."""
+  image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+  return tf.cast(image, tf.float32)
 
 
 def normalize(rgb: tf.Tensor) -> tf.Tensor:
-    """[0, 255] RGB -> (x / 255 - mean) / std with the ImageNet statistics."""
-    mean = tf.constant(IMAGENET_MEAN, tf.float32)
-    std = tf.constant(IMAGENET_STD, tf.float32)
-    return (rgb / PIXEL_MAX - mean) / std
+  """[0, 255] RGB -> (x / 255 - mean) / std with the ImageNet statistics."""
+  mean = tf.constant(IMAGENET_MEAN, tf.float32)
+  std = tf.constant(IMAGENET_STD, tf.float32)
+  return (rgb / PIXEL_MAX - mean) / std
 
 
-def geometric_augment(stack: tf.Tensor, seed: tf.Tensor, *, image_size: tuple[int, int],
-                      pad: int, flip: bool) -> tf.Tensor:
-    """Resize (bilinear) + zero-pad + random crop + random h-flip of an (h, w, C) stack, any C.
+def geometric_augment(
+  stack: tf.Tensor, seed: tf.Tensor, *, image_size: tuple[int, int], pad: int, flip: bool
+) -> tf.Tensor:
+  """Resize (bilinear) + zero-pad + random crop + random h-flip of an (h, w, C) stack, any C.
 
-    Every channel gets the same crop and flip, so a mask appended as an extra channel stays
-    aligned with the image. ``seed`` is a stateless (2,) seed.
-    """
-    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    height, width = image_size
-    channels = stack.shape[-1] if stack.shape[-1] is not None else tf.shape(stack)[-1]
-    stack = tf.image.resize(stack, (height, width), method="bilinear")
-    if pad > 0:
-        stack = tf.pad(stack, [[pad, pad], [pad, pad], [0, 0]])
-        stack = tf.image.stateless_random_crop(stack, [height, width, channels], crop_seed)
-        # Later ops (random erasing) need the static size the crop's size tensor hides.
-        stack = tf.ensure_shape(stack, [height, width, stack.shape[-1]])
-    if flip:
-        stack = tf.image.stateless_random_flip_left_right(stack, flip_seed)
-    return stack
-
-
-def random_erase(image: tf.Tensor, seed: tf.Tensor, *, probability: float,
-                 area: tuple[float, float] = (0.02, 0.4), aspect: tuple[float, float] = (0.3, 3.3),
-                 attempts: int = 10) -> tf.Tensor:
-    """Random erasing (Zhong et al.) on a normalised (H, W, C) image; erased pixels become 0.
-
-    With probability ``probability``: target area ~ U(area)·H·W, aspect ~ U(aspect),
-    h = round(√(area·aspect)), w = round(√(area/aspect)); the first of ``attempts`` draws with
-    h < H and w < W is erased at a uniform position; if none fits nothing is erased.
-    """
-    if probability <= 0.0:
-        return image
-    height, width = image.shape[0], image.shape[1]
-    s_apply, s_area, s_aspect, s_pos = tf.unstack(tf.random.experimental.stateless_split(seed, 4))
-    apply = tf.random.stateless_uniform([], s_apply) < probability
-    target = tf.random.stateless_uniform([attempts], s_area, area[0], area[1]) * (height * width)
-    ratio = tf.random.stateless_uniform([attempts], s_aspect, aspect[0], aspect[1])
-    h = tf.cast(tf.round(tf.sqrt(target * ratio)), tf.int32)
-    w = tf.cast(tf.round(tf.sqrt(target / ratio)), tf.int32)
-    fits = (h < height) & (w < width)
-    first = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)
-    h, w = h[first], w[first]
-    u = tf.random.stateless_uniform([2], s_pos)
-    top = tf.cast(tf.floor(u[0] * tf.cast(height - h + 1, tf.float32)), tf.int32)
-    left = tf.cast(tf.floor(u[1] * tf.cast(width - w + 1, tf.float32)), tf.int32)
-    rows = tf.range(height)[:, None]
-    cols = tf.range(width)[None, :]
-    box = (rows >= top) & (rows < top + h) & (cols >= left) & (cols < left + w)
-    box = box & apply & tf.reduce_any(fits)
-    return tf.where(box[:, :, None], tf.zeros_like(image), image)
+  Every channel gets the same crop and flip, so a mask appended as an extra channel stays
+  aligned with the image. ``seed`` is a stateless (2,) seed.
+  """
+  crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+  height, width = image_size
+  channels = stack.shape[-1] if stack.shape[-1] is not None else tf.shape(stack)[-1]
+  stack = tf.image.resize(stack, (height, width), method="bilinear")
+  if pad > 0:
+    stack = tf.pad(stack, [[pad, pad], [pad, pad], [0, 0]])
+    stack = tf.image.stateless_random_crop(stack, [height, width, channels], crop_seed)
+    # Later ops (random erasing) need the static size the crop's size tensor hides.
+    stack = tf.ensure_shape(stack, [height, width, stack.shape[-1]])
+  if flip:
+    stack = tf.image.stateless_random_flip_left_right(stack, flip_seed)
+  return stack
 
 
-def example_seed(seed: int, epoch: int, step: tf.Tensor, process_index: int,
-                 position: tf.Tensor) -> tf.Tensor:
-    """Stateless (2,) seed folded from (seed, epoch, step, process_index, position in batch)."""
-    key = tf.constant([seed, epoch], tf.int64)
-    for data in (step, tf.constant(process_index, tf.int64), position):
-        key = tf.random.experimental.stateless_fold_in(key, tf.cast(data, tf.int64))
-    return key
+def random_erase(
+  image: tf.Tensor,
+  seed: tf.Tensor,
+  *,
+  probability: float,
+  area: tuple[float, float] = (0.02, 0.4),
+  aspect: tuple[float, float] = (0.3, 3.3),
+  attempts: int = 10,
+) -> tf.Tensor:
+  """Random erasing (Zhong et al.) on a normalised (H, W, C) image; erased pixels become 0.
+
+  With probability ``probability``: target area ~ U(area)·H·W, aspect ~ U(aspect),
+  h = round(√(area·aspect)), w = round(√(area/aspect)); the first of ``attempts`` draws with
+  h < H and w < W is erased at a uniform position; if none fits nothing is erased.
+  """
+  if probability <= 0.0:
+    return image
+  height, width = image.shape[0], image.shape[1]
+  s_apply, s_area, s_aspect, s_pos = tf.unstack(tf.random.experimental.stateless_split(seed, 4))
+  apply = tf.random.stateless_uniform([], s_apply) < probability
+  target = tf.random.stateless_uniform([attempts], s_area, area[0], area[1]) * (height * width)
+  ratio = tf.random.stateless_uniform([attempts], s_aspect, aspect[0], aspect[1])
+  h = tf.cast(tf.round(tf.sqrt(target * ratio)), tf.int32)
+  w = tf.cast(tf.round(tf.sqrt(target / ratio)), tf.int32)
+  fits = (h < height) & (w < width)
+  first = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)
+  h, w = h[first], w[first]
+  u = tf.random.stateless_uniform([2], s_pos)
+  top = tf.cast(tf.floor(u[0] * tf.cast(height - h + 1, tf.float32)), tf.int32)
+  left = tf.cast(tf.floor(u[1] * tf.cast(width - w + 1, tf.float32)), tf.int32)
+  rows = tf.range(height)[:, None]
+  cols = tf.range(width)[None, :]
+  box = (rows >= top) & (rows < top + h) & (cols >= left) & (cols < left + w)
+  box = box & apply & tf.reduce_any(fits)
+  return tf.where(box[:, :, None], tf.zeros_like(image), image)
+
+
+def example_seed(
+  seed: int, epoch: int, step: tf.Tensor, process_index: int, position: tf.Tensor
+) -> tf.Tensor:
+  """Stateless (2,) seed folded from (seed, epoch, step, process_index, position in batch)."""
+  key = tf.constant([seed, epoch], tf.int64)
+  for data in (step, tf.constant(process_index, tf.int64), position):
+    key = tf.random.experimental.stateless_fold_in(key, tf.cast(data, tf.int64))
+  return key
 
 
 # --------------------------------------------------------------------------- iterators
 
 
 def _image_bank(table: SampleTable, rows: np.ndarray) -> tuple[tf.Tensor, np.ndarray]:
-    """The encoded bytes of the distinct ``rows`` as one string tensor + each row's position in it.
+  """The encoded bytes of the distinct ``rows`` as one string tensor + each row's position in it.
 
-    Only the rows this epoch needs are held, and they come from memory: no file is read again.
-    """
-    unique, local = np.unique(rows, return_inverse=True)
-    return tf.constant(table.image[unique].tolist(), dtype=tf.string), local.reshape(rows.shape)
+  Only the rows this epoch needs are held, and they come from memory: no file is read again.
+  """
+  unique, local = np.unique(rows, return_inverse=True)
+  return tf.constant(table.image[unique].tolist(), dtype=tf.string), local.reshape(rows.shape)
 
 
 def _check_rows(table: SampleTable, rows: np.ndarray, argument: str) -> None:
-    if rows.size and (rows.min() < 0 or rows.max() >= len(table)):
-        raise ValueError(f"{argument}: row indices must lie in [0, {len(table)}) for this table, "
-                         f"got range [{rows.min()}, {rows.max()}]; was it built from another table?")
+  if rows.size and (rows.min() < 0 or rows.max() >= len(table)):
+    raise ValueError(
+      f"{argument}: row indices must lie in [0, {len(table)}) for this table, "
+      f"got range [{rows.min()}, {rows.max()}]; was it built from another table?"
+    )
 
 
-def _finish(ds: tf.data.Dataset, batch_size: int, prefetch: int) -> tf.data.Dataset:
-    options = tf.data.Options()
-    options.deterministic = True  # parallel map must keep the planned order
-    return ds.batch(batch_size, drop_remainder=True).prefetch(prefetch).with_options(options)
+def _finish(
+  ds: tf.data.Dataset, batch_size: int, prefetch: int, threads: int = 0
+) -> tf.data.Dataset:
+  options = tf.data.Options()
+  options.deterministic = True  # parallel map must keep the planned order
+  if threads:
+    # On a small CPU host the accelerator step is XLA on the same cores: bounding tf.data's
+    # threads keeps it from contending with the step it only has to keep fed.
+    options.threading.private_threadpool_size = threads
+  return ds.batch(batch_size, drop_remainder=True).prefetch(prefetch).with_options(options)
 
 
-def train_iterator(table: SampleTable, train_set: TrainSet, *, plan: np.ndarray,
-                   image_size: tuple[int, int], pad: int = 10, flip: bool = True,
-                   random_erasing: float = 0.0, seed: int, epoch: int, start_step: int = 0,
-                   prefetch: int = 2, process_index: int = 0,
-                   erasing_area: tuple[float, float] = (0.02, 0.4),
-                   erasing_aspect: tuple[float, float] = (0.3, 3.3),
-                   erasing_attempts: int = 10) -> Iterator[dict[str, np.ndarray]]:
-    """Augmented batches for steps ``start_step..`` of ``plan`` (this host's (steps, p, 2, K) plan).
+def train_iterator(
+  table: SampleTable,
+  train_set: TrainSet,
+  *,
+  plan: np.ndarray,
+  image_size: tuple[int, int],
+  pad: int = 10,
+  flip: bool = True,
+  random_erasing: float = 0.0,
+  seed: int,
+  epoch: int,
+  start_step: int = 0,
+  prefetch: int = 2,
+  process_index: int = 0,
+  erasing_area: tuple[float, float] = (0.02, 0.4),
+  erasing_aspect: tuple[float, float] = (0.3, 3.3),
+  erasing_attempts: int = 10,
+  threads: int = 0,
+) -> Iterator[dict[str, np.ndarray]]:
+  """Augmented batches for steps ``start_step..`` of ``plan`` (this host's (steps, p, 2, K) plan).
 
-    Yields ``{'image': float32 (B, H, W, 3), 'label': int32 (B,), 'modality': int32 (B,),
-    'index': int32 (B,)}`` with B = 2·p·K in the [photos | sketches] layout of the module doc.
-    ``process_index`` only decorrelates the augmentation of different hosts.
-    """
-    plan = np.asarray(plan)
-    if plan.ndim != 4 or plan.shape[2] != 2:
-        raise ValueError(f"train_iterator: plan must have shape (steps, p, 2, K) as returned by "
-                         f"pk_plan/host_slice, got {plan.shape}.")
-    steps = plan.shape[0]
-    if not 0 <= start_step <= steps:
-        raise ValueError(f"train_iterator: start_step={start_step} outside [0, {steps}] for a "
-                         f"plan of {steps} steps.")
-    rows = batch_indices(plan[start_step:]).astype(np.int64)  # (steps - start_step, B)
-    _check_rows(table, rows, "train_iterator plan")
-    batch = rows.shape[1]
-    labels = train_set.labels[rows]
-    if (labels < 0).any():
-        raise ValueError("train_iterator: the plan holds rows outside the train set; build the plan "
-                         "with pk_plan from this train_set.")
-    modality = table.modality[rows].astype(np.int32)
-    expected = np.repeat([MODALITY_PHOTO, MODALITY_SKETCH], batch // 2)
-    if not (modality == expected).all():
-        raise ValueError("train_iterator: plan rows do not follow [photos | sketches]; pass the "
-                         "plan from pk_plan/host_slice unchanged.")
-    bank, local = _image_bank(table, rows)
-    step_ids = np.repeat(np.arange(start_step, steps, dtype=np.int64)[:, None], batch, axis=1)
-    positions = np.broadcast_to(np.arange(batch, dtype=np.int64), rows.shape)
-    slices = {"local": local, "index": rows.astype(np.int32), "label": labels.astype(np.int32),
-              "modality": modality, "step": step_ids, "position": positions}
-    slices = {k: np.ascontiguousarray(v).reshape(-1) for k, v in slices.items()}
+  Yields ``{'image': float32 (B, H, W, 3), 'label': int32 (B,), 'modality': int32 (B,),
+  'index': int32 (B,)}`` with B = 2·p·K in the [photos | sketches] layout of the module doc.
+  ``process_index`` only decorrelates the augmentation of different hosts.
+  """
+  plan = np.asarray(plan)
+  if plan.ndim != 4 or plan.shape[2] != 2:
+    raise ValueError(
+      f"train_iterator: plan must have shape (steps, p, 2, K) as returned by "
+      f"pk_plan/host_slice, got {plan.shape}."
+    )
+  steps = plan.shape[0]
+  if not 0 <= start_step <= steps:
+    raise ValueError(
+      f"train_iterator: start_step={start_step} outside [0, {steps}] for a plan of {steps} steps."
+    )
+  rows = batch_indices(plan[start_step:]).astype(np.int64)  # (steps - start_step, B)
+  _check_rows(table, rows, "train_iterator plan")
+  batch = rows.shape[1]
+  labels = train_set.labels[rows]
+  if (labels < 0).any():
+    raise ValueError(
+      "train_iterator: the plan holds rows outside the train set; build the plan "
+      "with pk_plan from this train_set."
+    )
+  modality = table.modality[rows].astype(np.int32)
+  expected = np.repeat([MODALITY_PHOTO, MODALITY_SKETCH], batch // 2)
+  if not (modality == expected).all():
+    raise ValueError(
+      "train_iterator: plan rows do not follow [photos | sketches]; pass the "
+      "plan from pk_plan/host_slice unchanged."
+    )
+  bank, local = _image_bank(table, rows)
+  step_ids = np.repeat(np.arange(start_step, steps, dtype=np.int64)[:, None], batch, axis=1)
+  positions = np.broadcast_to(np.arange(batch, dtype=np.int64), rows.shape)
+  slices = {
+    "local": local,
+    "index": rows.astype(np.int32),
+    "label": labels.astype(np.int32),
+    "modality": modality,
+    "step": step_ids,
+    "position": positions,
+  }
+  slices = {k: np.ascontiguousarray(v).reshape(-1) for k, v in slices.items()}
 
-    def load(example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        key = example_seed(seed, epoch, example["step"], process_index, example["position"])
-        geometry_seed, erase_seed = tf.unstack(tf.random.experimental.stateless_split(key, 2))
-        image = decode_rgb(tf.gather(bank, example["local"]))
-        image = geometric_augment(image, geometry_seed, image_size=image_size, pad=pad, flip=flip)
-        image = normalize(image)
-        image = random_erase(image, erase_seed, probability=random_erasing, area=erasing_area,
-                             aspect=erasing_aspect, attempts=erasing_attempts)
-        return {"image": image, "label": example["label"], "modality": example["modality"],
-                "index": example["index"]}
-
-    ds = tf.data.Dataset.from_tensor_slices(slices).map(load, num_parallel_calls=tf.data.AUTOTUNE)
-    yield from _finish(ds, batch, prefetch).as_numpy_iterator()
-
-
-def eval_iterator(table: SampleTable, indices: np.ndarray | Sequence[int], *,
-                  image_size: tuple[int, int], batch_size: int,
-                  prefetch: int = 2) -> Iterator[dict[str, np.ndarray]]:
-    """Resized, normalised images of ``indices`` in order, in batches of exactly ``batch_size``.
-
-    Yields ``{'image': float32 (batch_size, H, W, 3), 'index': int32, 'valid': bool}``; the last
-    batch is padded with zero images, index -1 and valid False, so shapes stay static for jit.
-    """
-    rows = np.asarray(indices, dtype=np.int64).reshape(-1)
-    if rows.size == 0:
-        raise ValueError("eval_iterator: no indices to evaluate; check the EvalSet it came from.")
-    if batch_size < 1:
-        raise ValueError(f"eval_iterator: batch_size must be >= 1, got {batch_size}.")
-    _check_rows(table, rows, "eval_iterator indices")
-    bank, local = _image_bank(table, rows)
-    padding = -len(rows) % batch_size
-    slices = {
-        "local": np.concatenate([local, np.zeros(padding, np.int64)]),
-        "index": np.concatenate([rows, -np.ones(padding, np.int64)]).astype(np.int32),
-        "valid": np.concatenate([np.ones(len(rows), bool), np.zeros(padding, bool)]),
+  def load(example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    key = example_seed(seed, epoch, example["step"], process_index, example["position"])
+    geometry_seed, erase_seed = tf.unstack(tf.random.experimental.stateless_split(key, 2))
+    image = decode_rgb(tf.gather(bank, example["local"]))
+    image = geometric_augment(image, geometry_seed, image_size=image_size, pad=pad, flip=flip)
+    image = normalize(image)
+    image = random_erase(
+      image,
+      erase_seed,
+      probability=random_erasing,
+      area=erasing_area,
+      aspect=erasing_aspect,
+      attempts=erasing_attempts,
+    )
+    return {
+      "image": image,
+      "label": example["label"],
+      "modality": example["modality"],
+      "index": example["index"],
     }
-    height, width = image_size
 
-    def load(example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        def real() -> tf.Tensor:
-            image = decode_rgb(tf.gather(bank, example["local"]))
-            return normalize(tf.image.resize(image, (height, width), method="bilinear"))
+  ds = tf.data.Dataset.from_tensor_slices(slices).map(load, num_parallel_calls=tf.data.AUTOTUNE)
+  yield from _finish(ds, batch, prefetch, threads).as_numpy_iterator()
 
-        image = tf.cond(example["valid"], real, lambda: tf.zeros((height, width, 3), tf.float32))
-        return {"image": image, "index": example["index"], "valid": example["valid"]}
 
-    ds = tf.data.Dataset.from_tensor_slices(slices).map(load, num_parallel_calls=tf.data.AUTOTUNE)
-    yield from _finish(ds, batch_size, prefetch).as_numpy_iterator()
+def eval_iterator(
+  table: SampleTable,
+  indices: np.ndarray | Sequence[int],
+  *,
+  image_size: tuple[int, int],
+  batch_size: int,
+  prefetch: int = 2,
+) -> Iterator[dict[str, np.ndarray]]:
+  """Resized, normalised images of ``indices`` in order, in batches of exactly ``batch_size``.
+
+  Yields ``{'image': float32 (batch_size, H, W, 3), 'index': int32, 'valid': bool}``; the last
+  batch is padded with zero images, index -1 and valid False, so shapes stay static for jit.
+  """
+  rows = np.asarray(indices, dtype=np.int64).reshape(-1)
+  if rows.size == 0:
+    raise ValueError("eval_iterator: no indices to evaluate; check the EvalSet it came from.")
+  if batch_size < 1:
+    raise ValueError(f"eval_iterator: batch_size must be >= 1, got {batch_size}.")
+  _check_rows(table, rows, "eval_iterator indices")
+  bank, local = _image_bank(table, rows)
+  padding = -len(rows) % batch_size
+  slices = {
+    "local": np.concatenate([local, np.zeros(padding, np.int64)]),
+    "index": np.concatenate([rows, -np.ones(padding, np.int64)]).astype(np.int32),
+    "valid": np.concatenate([np.ones(len(rows), bool), np.zeros(padding, bool)]),
+  }
+  height, width = image_size
+
+  def load(example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    def real() -> tf.Tensor:
+      image = decode_rgb(tf.gather(bank, example["local"]))
+      return normalize(tf.image.resize(image, (height, width), method="bilinear"))
+
+    image = tf.cond(example["valid"], real, lambda: tf.zeros((height, width, 3), tf.float32))
+    return {"image": image, "index": example["index"], "valid": example["valid"]}
+
+  ds = tf.data.Dataset.from_tensor_slices(slices).map(load, num_parallel_calls=tf.data.AUTOTUNE)
+  yield from _finish(ds, batch_size, prefetch).as_numpy_iterator()
 
 
 # --------------------------------------------------------------------------- eval set
@@ -449,53 +513,63 @@ def eval_iterator(table: SampleTable, indices: np.ndarray | Sequence[int], *,
 
 @dataclasses.dataclass(frozen=True)
 class EvalSet:
-    """Query sketches and gallery photos of one test setting (row indices into the table).
+  """Query sketches and gallery photos of one test setting (row indices into the table).
 
-    ``query_groups``/``group_pids`` are set for multi-query only: ``query_groups[i]`` is the group
-    of query row i and ``group_pids[g]`` the identity of group g.
-    """
+  ``query_groups``/``group_pids`` are set for multi-query only: ``query_groups[i]`` is the group
+  of query row i and ``group_pids[g]`` the identity of group g.
+  """
 
-    test_styles: str
-    multi_query: bool
-    query_index: np.ndarray
-    query_pids: np.ndarray
-    query_camids: np.ndarray
-    query_styles: np.ndarray
-    gallery_index: np.ndarray
-    gallery_pids: np.ndarray
-    gallery_camids: np.ndarray
-    query_groups: np.ndarray | None = None
-    group_pids: np.ndarray | None = None
+  test_styles: str
+  multi_query: bool
+  query_index: np.ndarray
+  query_pids: np.ndarray
+  query_camids: np.ndarray
+  query_styles: np.ndarray
+  gallery_index: np.ndarray
+  gallery_pids: np.ndarray
+  gallery_camids: np.ndarray
+  query_groups: np.ndarray | None = None
+  group_pids: np.ndarray | None = None
 
-    @property
-    def num_queries(self) -> int:
-        """Queries as the protocol counts them: groups for multi-query, sketches otherwise."""
-        return len(self.group_pids) if self.multi_query else len(self.query_index)
+  @property
+  def num_queries(self) -> int:
+    """Queries as the protocol counts them: groups for multi-query, sketches otherwise."""
+    return len(self.group_pids) if self.multi_query else len(self.query_index)
 
 
 def make_eval_set(table: SampleTable, test_styles: str, *, multi_query: bool) -> EvalSet:
-    """Test sketches of ``test_styles`` vs every photo of split 'query' (DESIGN §5)."""
-    styles = _check_styles(table, test_styles, TEST_SPLIT, "test_styles")
-    in_split = table.split == TEST_SPLIT
-    query = np.flatnonzero(in_split & (table.modality == MODALITY_SKETCH)
-                           & np.isin(table.style, list(styles)))
-    gallery = np.flatnonzero(in_split & (table.modality == MODALITY_PHOTO))
-    if not len(gallery):
-        raise ValueError(f"make_eval_set: {table.name or 'the dataset'} at {table.root} has no "
-                         f"photo in split '{TEST_SPLIT}' (Market-Sketch-1K: {table.root}/photo/query/).")
-    unmatched = np.setdiff1d(table.pid[query], table.pid[gallery])
-    if len(unmatched):
-        warnings.warn(f"make_eval_set(test_styles={styles!r}): {len(unmatched)} query identities "
-                      f"have no gallery photo and will count as unmatched: {unmatched.tolist()}.")
-    groups = group_pids = None
-    if multi_query:
-        group_pids, groups = np.unique(table.pid[query], return_inverse=True)
-        groups = groups.astype(np.int32)
-    return EvalSet(
-        test_styles=styles, multi_query=multi_query,
-        query_index=query, query_pids=table.pid[query], query_camids=table.camid[query],
-        query_styles=table.style[query],
-        gallery_index=gallery, gallery_pids=table.pid[gallery],
-        gallery_camids=table.camid[gallery],
-        query_groups=groups, group_pids=group_pids,
+  """Test sketches of ``test_styles`` vs every photo of split 'query' (DESIGN §5)."""
+  styles = _check_styles(table, test_styles, TEST_SPLIT, "test_styles")
+  in_split = table.split == TEST_SPLIT
+  query = np.flatnonzero(
+    in_split & (table.modality == MODALITY_SKETCH) & np.isin(table.style, list(styles))
+  )
+  gallery = np.flatnonzero(in_split & (table.modality == MODALITY_PHOTO))
+  if not len(gallery):
+    raise ValueError(
+      f"make_eval_set: {table.name or 'the dataset'} at {table.root} has no "
+      f"photo in split '{TEST_SPLIT}' (Market-Sketch-1K: {table.root}/photo/query/)."
     )
+  unmatched = np.setdiff1d(table.pid[query], table.pid[gallery])
+  if len(unmatched):
+    warnings.warn(
+      f"make_eval_set(test_styles={styles!r}): {len(unmatched)} query identities "
+      f"have no gallery photo and will count as unmatched: {unmatched.tolist()}."
+    )
+  groups = group_pids = None
+  if multi_query:
+    group_pids, groups = np.unique(table.pid[query], return_inverse=True)
+    groups = groups.astype(np.int32)
+  return EvalSet(
+    test_styles=styles,
+    multi_query=multi_query,
+    query_index=query,
+    query_pids=table.pid[query],
+    query_camids=table.camid[query],
+    query_styles=table.style[query],
+    gallery_index=gallery,
+    gallery_pids=table.pid[gallery],
+    gallery_camids=table.camid[gallery],
+    query_groups=groups,
+    group_pids=group_pids,
+  )

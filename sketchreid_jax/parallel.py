@@ -41,9 +41,10 @@ def device_major_permutation(num_ids: int, K: int, num_devices: int) -> np.ndarr
   """
   if num_ids % num_devices:
     raise ValueError(
-        f'P = {num_ids} identities per host cannot be split over {num_devices} devices: choose '
-        f'config.sampler.P as a multiple of the device count (e.g. --config.sampler.P='
-        f'{max(num_devices, num_ids - num_ids % num_devices)}).')
+      f'P = {num_ids} identities per host cannot be split over {num_devices} devices: choose '
+      f'config.sampler.P as a multiple of the device count (e.g. --config.sampler.P='
+      f'{max(num_devices, num_ids - num_ids % num_devices)}).'
+    )
   per = num_ids // num_devices
   rows = []
   for d in range(num_devices):
@@ -65,6 +66,7 @@ def pmean(tree):
 @dataclasses.dataclass
 class Launcher:
   """A compiled data-parallel step plus the host↔device moves that go with it."""
+
   kind: str
   mesh: Mesh
   step: Callable[[Any, Any], tuple[Any, Any]]
@@ -104,8 +106,9 @@ def make_launcher(step_fn, *, kind: str = 'shard_map', mesh: Mesh | None = None)
     # launchers: with varying-manual-axes typing on, the replicated parameters' implicit pvary
     # transposes to a psum that adds to the all_gather transpose's sum, and the gradients of a
     # loss over all-gathered features come out multiplied by the device count.
-    sharded = jax.shard_map(step_fn, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=(P(), P()),
-                            check_vma=False)
+    sharded = jax.shard_map(
+      step_fn, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=(P(), P()), check_vma=False
+    )
     compiled = jax.jit(sharded, donate_argnums=0)
   elif kind == 'pmap':
     compiled = jax.pmap(step_fn, axis_name=AXIS, donate_argnums=0, devices=list(mesh.local_devices))

@@ -65,23 +65,44 @@ def param_groups(params, head_modules) -> Any:
   """Labels each parameter 'head' (full lr) or 'backbone' (lr × backbone_lr_mult)."""
   present = [m for m in head_modules if m in params]
   if not present:
-    raise ValueError(f'config.optim.head_modules={tuple(head_modules)} matches none of the model\'s '
-                     f'parameter collections {sorted(params)}')
-  return {k: jax.tree.map(lambda _: 'head' if k in head_modules else 'backbone', v)
-          for k, v in params.items()}
+    raise ValueError(
+      f'config.optim.head_modules={tuple(head_modules)} matches none of the model\'s '
+      f'parameter collections {sorted(params)}'
+    )
+  return {
+    k: jax.tree.map(lambda _: 'head' if k in head_modules else 'backbone', v)
+    for k, v in params.items()
+  }
+
+
+def _sgd(o, lr):
+  # Coupled L2 before momentum, as torch.optim.SGD(weight_decay=…) in the reference code.
+  return optax.chain(
+    optax.add_decayed_weights(o.weight_decay),
+    optax.sgd(lr, momentum=o.momentum, nesterov=o.nesterov),
+  )
+
+
+def _adamw(o, lr):
+  return optax.adamw(lr, b1=o.momentum, weight_decay=o.weight_decay)
+
+
+# config.optim.name -> (optim config, learning-rate schedule) -> transformation
+OPTIMIZERS = {'sgd': _sgd, 'adamw': _adamw}
 
 
 def make_optimizer(config, steps_per_epoch: int, params) -> optax.GradientTransformation:
   o = config.optim
-
-  def sgd(lr_mult):
-    return optax.chain(
-        optax.add_decayed_weights(o.weight_decay),  # coupled L2, as torch's SGD(weight_decay=…)
-        optax.sgd(lr_schedule(config, steps_per_epoch, o.lr * lr_mult), momentum=o.momentum,
-                  nesterov=o.nesterov))
-
-  return optax.multi_transform({'head': sgd(1.0), 'backbone': sgd(o.backbone_lr_mult)},
-                               param_groups(params, o.head_modules))
+  if o.name not in OPTIMIZERS:
+    raise ValueError(f'unknown config.optim.name {o.name!r}; known: {sorted(OPTIMIZERS)}')
+  build = OPTIMIZERS[o.name]
+  return optax.multi_transform(
+    {
+      'head': build(o, lr_schedule(config, steps_per_epoch, o.lr)),
+      'backbone': build(o, lr_schedule(config, steps_per_epoch, o.lr * o.backbone_lr_mult)),
+    },
+    param_groups(params, o.head_modules),
+  )
 
 
 def create_train_state(config, model, steps_per_epoch: int, rng) -> TrainState:
@@ -89,9 +110,12 @@ def create_train_state(config, model, steps_per_epoch: int, rng) -> TrainState:
   dummy = jnp.zeros((1, h, w, 3), jnp.float32)
   variables = jax.jit(functools.partial(model.init, train=False))(rng, dummy, dummy)
   params = variables['params']
-  return TrainState.create(apply_fn=model.apply, params=params,
-                           batch_stats=variables.get('batch_stats', {}),
-                           tx=make_optimizer(config, steps_per_epoch, params))
+  return TrainState.create(
+    apply_fn=model.apply,
+    params=params,
+    batch_stats=variables.get('batch_stats', {}),
+    tx=make_optimizer(config, steps_per_epoch, params),
+  )
 
 
 # ----------------------------------------------------------------------------- the step
@@ -110,8 +134,13 @@ def train_step(state: TrainState, batch: dict, *, model, method: Method, config)
 
   def loss_fn(params):
     outputs, mutated = model.apply(
-        {'params': params, 'batch_stats': state.batch_stats}, photos, sketches, train=True,
-        mutable=['batch_stats'], rngs={'dropout': rng})
+      {'params': params, 'batch_stats': state.batch_stats},
+      photos,
+      sketches,
+      train=True,
+      mutable=['batch_stats'],
+      rngs={'dropout': rng},
+    )
     outputs = dict(outputs)
     for key in method.global_outputs:
       outputs[key] = parallel.all_gather(outputs[key])
@@ -132,18 +161,25 @@ def train_step(state: TrainState, batch: dict, *, model, method: Method, config)
 
 def _checkpoint_managers(workdir: str, config):
   latest = ocp.CheckpointManager(
-      os.path.join(os.path.abspath(workdir), 'checkpoints'),
-      options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
+    os.path.join(os.path.abspath(workdir), 'checkpoints'),
+    options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True),
+  )
   best = ocp.CheckpointManager(
-      os.path.join(os.path.abspath(workdir), 'best'),
-      options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True, best_fn=lambda m: m['mAP'],
-                                           best_mode='max'))
+    os.path.join(os.path.abspath(workdir), 'best'),
+    options=ocp.CheckpointManagerOptions(
+      max_to_keep=1, create=True, best_fn=lambda m: m['mAP'], best_mode='max'
+    ),
+  )
   return latest, best
 
 
 def _state_to_save(state: TrainState) -> dict:
-  return {'params': state.params, 'batch_stats': state.batch_stats, 'opt_state': state.opt_state,
-          'step': state.step}
+  return {
+    'params': state.params,
+    'batch_stats': state.batch_stats,
+    'opt_state': state.opt_state,
+    'step': state.step,
+  }
 
 
 def restore_latest(manager, state: TrainState) -> TrainState:
@@ -190,8 +226,11 @@ def load_data(config):
 def _write_meta(workdir, config, train_set, steps_per_epoch):
   with open(os.path.join(workdir, 'config.json'), 'w') as f:
     f.write(config.to_json_best_effort(indent=2))
-  meta = {'num_classes': int(train_set.num_classes), 'steps_per_epoch': int(steps_per_epoch),
-          'label_to_pid': [int(p) for p in train_set.pids]}
+  meta = {
+    'num_classes': int(train_set.num_classes),
+    'steps_per_epoch': int(steps_per_epoch),
+    'label_to_pid': [int(p) for p in train_set.pids],
+  }
   with open(os.path.join(workdir, 'train_meta.json'), 'w') as f:
     json.dump(meta, f, indent=2)
 
@@ -200,8 +239,9 @@ def _check_finite(metrics: dict, step: int):
   bad = [k for k, v in metrics.items() if not np.isfinite(v)]
   if bad:
     raise FloatingPointError(
-        f'non-finite value at step {step} in {", ".join(sorted(bad))}; the last good checkpoint is '
-        f'kept. Lower config.optim.lr or check the inputs of that loss term.')
+      f'non-finite value at step {step} in {", ".join(sorted(bad))}; the last good checkpoint is '
+      f'kept. Lower config.optim.lr or check the inputs of that loss term.'
+    )
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -222,33 +262,59 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   start = int(state.step)
 
   launcher = parallel.make_launcher(
-      functools.partial(train_step, model=model, method=method, config=config),
-      kind=config.parallel.launcher)
+    functools.partial(train_step, model=model, method=method, config=config),
+    kind=config.parallel.launcher,
+  )
   local_devices = launcher.num_devices // num_hosts
   perm = parallel.device_major_permutation(P // num_hosts, K, local_devices)
   state = launcher.put_state(state)
 
   writer = metric_writers.create_default_writer(workdir, just_logging=host > 0)
-  writer.write_hparams({k: v for k, v in _flatten(config.to_dict()).items()
-                        if isinstance(v, (int, float, str, bool))})
+  writer.write_hparams(
+    {k: v for k, v in _flatten(config.to_dict()).items() if isinstance(v, (int, float, str, bool))}
+  )
   total_steps = config.train.epochs * steps_per_epoch
-  log.info('%s: %d identities, %d steps/epoch, %d epochs, batch %d on %d device(s)', config.method,
-           train_set.num_classes, steps_per_epoch, config.train.epochs, 2 * P * K,
-           launcher.num_devices)
+  log.info(
+    '%s: %d identities, %d steps/epoch, %d epochs, batch %d on %d device(s)',
+    config.method,
+    train_set.num_classes,
+    steps_per_epoch,
+    config.train.epochs,
+    2 * P * K,
+    launcher.num_devices,
+  )
 
   results: dict = {}
   step = start
   for epoch in range(start // steps_per_epoch, config.train.epochs):
     plan = input_pipeline.host_slice(
-        input_pipeline.pk_plan(train_set, P=P, K=K, epoch=epoch, seed=config.seed), host, num_hosts)
+      input_pipeline.pk_plan(train_set, P=P, K=K, epoch=epoch, seed=config.seed), host, num_hosts
+    )
     first = step - epoch * steps_per_epoch
     batches = input_pipeline.train_iterator(
-        table, train_set, plan=plan, image_size=tuple(config.data.image_size), pad=config.data.pad,
-        flip=config.data.flip, random_erasing=config.data.random_erasing, seed=config.seed,
-        epoch=epoch, start_step=first, prefetch=config.data.prefetch)
+      table,
+      train_set,
+      plan=plan,
+      image_size=tuple(config.data.image_size),
+      pad=config.data.pad,
+      flip=config.data.flip,
+      random_erasing=config.data.random_erasing,
+      seed=config.seed,
+      epoch=epoch,
+      start_step=first,
+      prefetch=config.data.prefetch,
+      threads=config.data.threads,
+      process_index=host,
+    )
     put = lambda b: launcher.put_batch({k: b[k][perm] for k in ('image', 'label', 'modality')})
-    bar = tqdm(total=steps_per_epoch, initial=first, desc=f'epoch {epoch + 1}/{config.train.epochs}',
-               unit='step', disable=None if config.train.progress_bar else True, leave=False)
+    bar = tqdm(
+      total=steps_per_epoch,
+      initial=first,
+      desc=f'epoch {epoch + 1}/{config.train.epochs}',
+      unit='step',
+      disable=None if config.train.progress_bar else True,
+      leave=False,
+    )
     tick, tick_step, pending = time.perf_counter(), step, []
     for device_batch in _prefetch(batches, put, config.data.prefetch):
       state, metrics = launcher.step(state, device_batch)
@@ -259,28 +325,43 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         summary = _summarise(pending)
         _check_finite(summary, step)
         rate = 2 * P * K * (step - tick_step) / (time.perf_counter() - tick)
-        summary.update(images_per_sec=rate, epoch=epoch, lr=float(
-            lr_schedule(config, steps_per_epoch, config.optim.lr)(step - 1)))
+        summary.update(
+          images_per_sec=rate,
+          epoch=epoch,
+          lr=float(lr_schedule(config, steps_per_epoch, config.optim.lr)(step - 1)),
+        )
         writer.write_scalars(step, summary)
         bar.set_postfix(loss=f'{summary["loss"]:.3f}', img_s=f'{rate:.0f}')
         tick, tick_step, pending = time.perf_counter(), step, []
       if config.train.checkpoint_every_steps and step % config.train.checkpoint_every_steps == 0:
         latest_mgr.save(step, args=ocp.args.StandardSave(_state_to_save(launcher.get_state(state))))
     bar.close()
-    latest_mgr.save(step, args=ocp.args.StandardSave(_state_to_save(launcher.get_state(state))),
-                    force=True)
+    latest_mgr.save(
+      step, args=ocp.args.StandardSave(_state_to_save(launcher.get_state(state))), force=True
+    )
 
     last = epoch + 1 == config.train.epochs
     if last or (config.eval.every_epochs and (epoch + 1) % config.eval.every_epochs == 0):
       host_state = launcher.get_state(state)
       variables = {'params': host_state.params, 'batch_stats': host_state.batch_stats}
-      results = evaluate_lib.evaluate(eval_model, variables, table, config, workdir=workdir,
-                                      extra={'epoch': epoch + 1, 'step': step})
+      results = evaluate_lib.evaluate(
+        eval_model,
+        variables,
+        table,
+        config,
+        workdir=workdir,
+        extra={'epoch': epoch + 1, 'step': step},
+      )
       best_key = config.eval.best_protocol or config.eval.protocols[0]
-      writer.write_scalars(step, {f'eval/{name}/{k}': v for name, r in results.items()
-                                  for k, v in r.to_dict().items()})
-      best_mgr.save(step, args=ocp.args.StandardSave(_state_to_save(host_state)),
-                    metrics={'mAP': float(results[best_key].mAP)}, force=True)
+      writer.write_scalars(
+        step, {f'eval/{name}/{k}': v for name, r in results.items() for k, v in r.to_dict().items()}
+      )
+      best_mgr.save(
+        step,
+        args=ocp.args.StandardSave(_state_to_save(host_state)),
+        metrics={'mAP': float(results[best_key].mAP)},
+        force=True,
+      )
   writer.flush()
   latest_mgr.wait_until_finished()
   best_mgr.wait_until_finished()
@@ -288,8 +369,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     log.info('training already complete at step %d; evaluating the latest checkpoint', start)
     host_state = launcher.get_state(state)
     results = evaluate_lib.evaluate(
-        eval_model, {'params': host_state.params, 'batch_stats': host_state.batch_stats}, table,
-        config, workdir=workdir, extra={'epoch': config.train.epochs, 'step': start})
+      eval_model,
+      {'params': host_state.params, 'batch_stats': host_state.batch_stats},
+      table,
+      config,
+      workdir=workdir,
+      extra={'epoch': config.train.epochs, 'step': start},
+    )
   return results
 
 
@@ -312,8 +398,10 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Evaluates the best (else the latest) checkpoint of a training workdir on config's protocols."""
   meta_path = os.path.join(workdir, 'train_meta.json')
   if not os.path.exists(meta_path):
-    raise FileNotFoundError(f'{meta_path} not found: {workdir!r} is not a training workdir '
-                            '(run --mode=train first, or pass the workdir of a finished run).')
+    raise FileNotFoundError(
+      f'{meta_path} not found: {workdir!r} is not a training workdir '
+      '(run --mode=train first, or pass the workdir of a finished run).'
+    )
   with open(meta_path) as f:
     meta = json.load(f)
   method = get_method(config.method)
@@ -325,6 +413,11 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if manager.latest_step() is None:
     raise FileNotFoundError(f'no checkpoint in {workdir}/best or {workdir}/checkpoints')
   state = restore_latest(manager, state)
-  return evaluate_lib.evaluate(model, {'params': state.params, 'batch_stats': state.batch_stats},
-                               table, config, workdir=workdir,
-                               extra={'step': int(state.step), 'mode': 'evaluate'})
+  return evaluate_lib.evaluate(
+    model,
+    {'params': state.params, 'batch_stats': state.batch_stats},
+    table,
+    config,
+    workdir=workdir,
+    extra={'step': int(state.step), 'mode': 'evaluate'},
+  )

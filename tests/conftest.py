@@ -4,7 +4,17 @@ import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
+import jax  # noqa: E402
 import pytest  # noqa: E402
+
+# Identical programs (the same model compiled by several tests or by a resumed run) compile once.
+jax.config.update(
+  'jax_compilation_cache_dir',
+  os.path.join(
+    os.environ.get('PYTEST_JAX_CACHE', os.path.expanduser('~/.cache/sketchreid_jax/jax_tests'))
+  ),
+)
+jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -13,6 +23,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def tiny_market(tmp_path_factory):
   """Root of a tiny synthetic Market-Sketch-1K layout (the generator's 'tiny' preset)."""
   from sketchreid_jax.datasets import synthetic
+
   root = tmp_path_factory.mktemp('synthetic') / 'market_sketch'
   synthetic.generate_market_sketch(str(root), **synthetic.PRESETS['tiny']['market'])
   return str(root)

@@ -54,8 +54,8 @@ def numpy_gem(x: np.ndarray, p: float, eps: float = 1e-6) -> np.ndarray:
       acc = 0.0
       for a in range(h):
         for b in range(w):
-          acc += max(float(x[i, a, b, k]), eps)**p
-      out[i, k] = (acc / (h * w))**(1.0 / p)
+          acc += max(float(x[i, a, b, k]), eps) ** p
+      out[i, k] = (acc / (h * w)) ** (1.0 / p)
   return out
 
 
@@ -76,7 +76,7 @@ def test_gem_p1_is_average_pooling_and_large_p_approaches_max():
   mx = x.max(axis=(1, 2))
   # Power-mean bounds: max·(1/HW)^(1/p) <= gem <= max, and the lower bound -> max as p grows.
   assert np.all(big <= mx * (1 + 1e-5))
-  assert np.all(big >= mx * (1.0 / hw)**(1.0 / p) * (1 - 1e-5))
+  assert np.all(big >= mx * (1.0 / hw) ** (1.0 / p) * (1 - 1e-5))
   assert np.all(big / mx > 0.95)
 
 
@@ -91,8 +91,9 @@ def test_gem_learnable_p_is_a_parameter_with_the_right_gradient():
 
   grad = float(jax.grad(loss)(params)['params']['p'][0])
   h = 1e-3  # central difference of the naive numpy GeM
-  fd = (numpy_gem(x.astype(np.float64), 3.0 + h).sum() -
-        numpy_gem(x.astype(np.float64), 3.0 - h).sum()) / (2 * h)
+  fd = (
+    numpy_gem(x.astype(np.float64), 3.0 + h).sum() - numpy_gem(x.astype(np.float64), 3.0 - h).sum()
+  ) / (2 * h)
   assert abs(grad) > 1e-3
   assert abs(grad - fd) < 1e-3 * max(1.0, abs(fd))
   # A fixed p has no parameter.
@@ -138,13 +139,16 @@ def test_bnneck_forward_train_and_eval_against_numpy():
   np.testing.assert_allclose(logits, want @ kernel, rtol=1e-4, atol=1e-5)
   assert logits.dtype == jnp.float32
 
-  (bn_train, _), updated = neck.apply(variables, jnp.asarray(feat), train=True,
-                                      mutable=['batch_stats'])
+  (bn_train, _), updated = neck.apply(
+    variables, jnp.asarray(feat), train=True, mutable=['batch_stats']
+  )
   mu, var = feat.mean(0), feat.var(0)  # batch statistics (biased variance normalises)
-  np.testing.assert_allclose(bn_train, (feat - mu) / np.sqrt(var + EPS) * scale, rtol=1e-4,
-                             atol=1e-4)
-  np.testing.assert_allclose(updated['batch_stats']['bn']['mean'], 0.9 * stats['mean'] + 0.1 * mu,
-                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+    bn_train, (feat - mu) / np.sqrt(var + EPS) * scale, rtol=1e-4, atol=1e-4
+  )
+  np.testing.assert_allclose(
+    updated['batch_stats']['bn']['mean'], 0.9 * stats['mean'] + 0.1 * mu, rtol=1e-5, atol=1e-6
+  )
 
 
 # -------------------------------------------------------------------------------------- Baseline
@@ -169,10 +173,25 @@ def test_init_creates_every_parameter():
   x = jnp.zeros((N, H, W, 3))
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), x, x, train=False))
   params = shapes['params']
-  assert set(params) == {'photo_stem', 'sketch_stem', 'layer1', 'layer2', 'layer3', 'layer4', 'gem',
-                         'bnneck'}
-  assert set(shapes['batch_stats']) == {'photo_stem', 'sketch_stem', 'layer1', 'layer2', 'layer3',
-                                        'layer4', 'bnneck'}
+  assert set(params) == {
+    'photo_stem',
+    'sketch_stem',
+    'layer1',
+    'layer2',
+    'layer3',
+    'layer4',
+    'gem',
+    'bnneck',
+  }
+  assert set(shapes['batch_stats']) == {
+    'photo_stem',
+    'sketch_stem',
+    'layer1',
+    'layer2',
+    'layer3',
+    'layer4',
+    'bnneck',
+  }
   for stem in ('photo_stem', 'sketch_stem'):
     assert set(params[stem]) == {'conv1', 'bn1'}
     assert params[stem]['conv1']['kernel'].shape == (7, 7, 3, WIDTH)
@@ -197,8 +216,8 @@ def test_head_is_gem_then_bnneck(net, eval_out):
   _, variables, _, _ = net
   out = eval_out
   fmap = np.asarray(out['maps']['layer4'], np.float64)
-  feat = np.maximum(fmap, 1e-6)**3
-  feat = feat.mean(axis=(1, 2))**(1 / 3)
+  feat = np.maximum(fmap, 1e-6) ** 3
+  feat = feat.mean(axis=(1, 2)) ** (1 / 3)
   np.testing.assert_allclose(out['feat'], feat, rtol=1e-4, atol=1e-6)
   bn = variables['batch_stats']['bnneck']['bn']
   scale = np.asarray(variables['params']['bnneck']['bn']['scale'])
@@ -232,13 +251,17 @@ def test_layer3_maps_can_be_pushed_through_layer4_and_head(net, eval_out):
 def test_stems_have_separate_parameters(net):
   model, variables, photos, sketches = net
   images = jnp.concatenate([photos, sketches])
-  extract = lambda v, modality: model.apply(v, images, modality=modality,
-                                            method=Baseline.extract)['feat']
+  extract = lambda v, modality: model.apply(v, images, modality=modality, method=Baseline.extract)[
+    'feat'
+  ]
   before = {m: np.asarray(extract(variables, m)) for m in (PHOTO, SKETCH)}
   assert not np.allclose(before[PHOTO], before[SKETCH])  # the same images, different stems
   perturbed = jax.tree_util.tree_map_with_path(
-      lambda path, leaf: leaf + 0.5 if path[1].key == 'sketch_stem' and path[-1].key == 'kernel'
-      else leaf, variables)
+    lambda path, leaf: (
+      leaf + 0.5 if path[1].key == 'sketch_stem' and path[-1].key == 'kernel' else leaf
+    ),
+    variables,
+  )
   after = {m: np.asarray(extract(perturbed, m)) for m in (PHOTO, SKETCH)}
   np.testing.assert_array_equal(after[PHOTO], before[PHOTO])
   assert np.abs(after[SKETCH] - before[SKETCH]).max() > 1e-3
@@ -247,9 +270,13 @@ def test_stems_have_separate_parameters(net):
 def stem_conv_mean(images, kernel):
   """Channel means of the stem's 7×7/2 pad-3 conv, computed independently (NCHW/OIHW)."""
   y = jax.lax.conv_general_dilated(
-      jnp.transpose(images, (0, 3, 1, 2)), jnp.transpose(kernel, (3, 2, 0, 1)), (2, 2),
-      [(3, 3), (3, 3)], dimension_numbers=('NCHW', 'OIHW', 'NCHW'),
-      precision=jax.lax.Precision.HIGHEST)
+    jnp.transpose(images, (0, 3, 1, 2)),
+    jnp.transpose(kernel, (3, 2, 0, 1)),
+    (2, 2),
+    [(3, 3), (3, 3)],
+    dimension_numbers=('NCHW', 'OIHW', 'NCHW'),
+    precision=jax.lax.Precision.HIGHEST,
+  )
   return np.asarray(y, np.float64).mean(axis=(0, 2, 3))
 
 
@@ -265,13 +292,15 @@ def test_train_mode_updates_batch_stats_and_eval_mode_does_not(net):
   # Each stem's BN sees only its own half: running mean = 0.9·old + 0.1·(batch mean of its conv).
   for stem, images in (('photo_stem', photos), ('sketch_stem', sketches)):
     want = 0.9 * np.asarray(old[stem]['bn1']['mean']) + 0.1 * stem_conv_mean(
-        images, params[stem]['conv1']['kernel'])
+      images, params[stem]['conv1']['kernel']
+    )
     np.testing.assert_allclose(new[stem]['bn1']['mean'], want, rtol=1e-4, atol=1e-5)
 
   # The shared layer1 sees the concatenation of both stems' (train-mode) outputs.
   def stems(m, p, s):
-    return jnp.concatenate([m.stem(p, modality=PHOTO, train=True),
-                            m.stem(s, modality=SKETCH, train=True)])
+    return jnp.concatenate(
+      [m.stem(p, modality=PHOTO, train=True), m.stem(s, modality=SKETCH, train=True)]
+    )
 
   x, _ = model.apply(variables, photos, sketches, method=stems, mutable=['batch_stats'])
   k = np.asarray(params['layer1']['0']['conv1']['kernel'])[0, 0]  # 1×1 conv = matmul
@@ -297,5 +326,6 @@ def test_bad_inputs_raise_clear_errors(net):
   with pytest.raises(ValueError, match='modality'):
     model.apply(variables, photos, modality=2, method=Baseline.extract)
   with pytest.raises(ValueError, match='stop'):
-    model.apply(variables, photos, start='layer1', stop='layer5', train=False,
-                method=Baseline.stages)
+    model.apply(
+      variables, photos, start='layer1', stop='layer5', train=False, method=Baseline.stages
+    )

@@ -9,8 +9,13 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import cdist
 
-from sketchreid_jax.losses import (batch_hard_triplet, cosine_similarity, cross_entropy,
-                                   euclidean_distance, wrt_triplet)
+from sketchreid_jax.losses import (
+  batch_hard_triplet,
+  cosine_similarity,
+  cross_entropy,
+  euclidean_distance,
+  wrt_triplet,
+)
 
 P, K, D = 4, 3, 8
 
@@ -82,8 +87,14 @@ def test_wrt_shift_conventions_differ_for_far_negatives():
   assert ref_loss > set_loss + 1.0
 
 
-@pytest.mark.parametrize("loss_fn", [wrt_triplet, functools.partial(batch_hard_triplet, margin=0.3),
-                                     functools.partial(batch_hard_triplet, margin=None)])
+@pytest.mark.parametrize(
+  "loss_fn",
+  [
+    wrt_triplet,
+    functools.partial(batch_hard_triplet, margin=0.3),
+    functools.partial(batch_hard_triplet, margin=None),
+  ],
+)
 def test_gradients_finite_with_duplicated_features(loss_fn):
   features, labels = pk_batch(5)
   features[1] = features[0]  # same identity, zero distance
@@ -173,15 +184,20 @@ def test_cross_entropy_computes_in_float32_for_bfloat16_logits():
   assert float(got) == pytest.approx(float(ref), rel=1e-6)
 
 
-@pytest.mark.parametrize("call, match", [
+@pytest.mark.parametrize(
+  "call, match",
+  [
     (lambda: cross_entropy(jnp.zeros((2, 3)), jnp.zeros((3,), jnp.int32)), "labels"),
     (lambda: cross_entropy(jnp.zeros((2, 3)), jnp.zeros((2,)), label_smoothing=0.0), "integer"),
-    (lambda: cross_entropy(jnp.zeros((2, 3)), jnp.zeros((2,), jnp.int32), label_smoothing=1.0),
-     "label_smoothing"),
+    (
+      lambda: cross_entropy(jnp.zeros((2, 3)), jnp.zeros((2,), jnp.int32), label_smoothing=1.0),
+      "label_smoothing",
+    ),
     (lambda: wrt_triplet(jnp.zeros((4, 2)), jnp.zeros((3,), jnp.int32)), "wrt_triplet"),
     (lambda: wrt_triplet(jnp.zeros((4, 2)), jnp.zeros((4,), jnp.int32), shift="max"), "shift"),
     (lambda: batch_hard_triplet(jnp.zeros((4,)), jnp.zeros((4,), jnp.int32)), "batch_hard"),
-])
+  ],
+)
 def test_bad_input_raises(call, match):
   with pytest.raises(ValueError, match=match):
     call()

@@ -14,8 +14,7 @@ def naive_evaluate(distmat, q_pids, g_pids, q_camids=None, g_camids=None, max_ra
   for i in range(num_q):
     order = sorted(range(num_g), key=lambda j: (distmat[i, j], j))
     if q_camids is not None:
-      order = [j for j in order
-               if not (g_pids[j] == q_pids[i] and g_camids[j] == q_camids[i])]
+      order = [j for j in order if not (g_pids[j] == q_pids[i] and g_camids[j] == q_camids[i])]
     pos_ranks = [r + 1 for r, j in enumerate(order) if g_pids[j] == q_pids[i]]
     if not pos_ranks:
       continue
@@ -39,8 +38,13 @@ def random_split(seed, num_q=30, num_g=80, num_ids=10, num_cams=3, ties=False):
   distmat = rng.random((num_q, num_g))
   if ties:  # few distinct values: many ties, which must rank by gallery order
     distmat = np.round(distmat * 4) / 4
-  return (distmat, rng.integers(0, num_ids, num_q), rng.integers(0, num_ids, num_g),
-          rng.integers(0, num_cams, num_q), rng.integers(0, num_cams, num_g))
+  return (
+    distmat,
+    rng.integers(0, num_ids, num_q),
+    rng.integers(0, num_ids, num_g),
+    rng.integers(0, num_cams, num_q),
+    rng.integers(0, num_cams, num_g),
+  )
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -54,8 +58,9 @@ def test_matches_naive_with_camera_filtering(seed, ties):
 @pytest.mark.parametrize("seed", [3, 4])
 def test_matches_naive_without_cameras(seed):
   distmat, qp, gp, _, _ = random_split(seed, ties=True)
-  assert_same(evaluate_rank(distmat, qp, gp, max_rank=15),
-              naive_evaluate(distmat, qp, gp, max_rank=15))
+  assert_same(
+    evaluate_rank(distmat, qp, gp, max_rank=15), naive_evaluate(distmat, qp, gp, max_rank=15)
+  )
 
 
 def test_query_with_only_same_camera_matches_is_skipped():
@@ -97,8 +102,9 @@ def test_hand_computed_single_query():
 
 def test_hand_computed_camera_removal_shifts_ranks():
   # Item 0 (same pid, same camera) is removed; the positive at position 3 becomes rank 2 of 3.
-  result = evaluate_rank(np.array([[0.1, 0.2, 0.3, 0.4]]), [1], [1, 2, 1, 3], [0], [0, 0, 1, 1],
-                         max_rank=3)
+  result = evaluate_rank(
+    np.array([[0.1, 0.2, 0.3, 0.4]]), [1], [1, 2, 1, 3], [0], [0, 0, 1, 1], max_rank=3
+  )
   assert result.mAP == pytest.approx(1 / 2)
   assert result.mINP == pytest.approx(1 / 2)
   np.testing.assert_array_equal(result.cmc, [0, 1, 1])
@@ -121,7 +127,9 @@ def test_rank_result_helpers():
     result.rank(21)
 
 
-@pytest.mark.parametrize("kwargs, match", [
+@pytest.mark.parametrize(
+  "kwargs, match",
+  [
     (dict(distmat=np.zeros((2, 3)), q_pids=[1, 2, 3], g_pids=[1, 2, 3]), "q_pids"),
     (dict(distmat=np.zeros((2, 3)), q_pids=[1, 2], g_pids=[1, 2]), "g_pids"),
     (dict(distmat=np.zeros(3), q_pids=[1], g_pids=[1, 2, 3]), "2-D"),
@@ -129,14 +137,14 @@ def test_rank_result_helpers():
     (dict(distmat=np.array([[np.nan, 0.0]]), q_pids=[1], g_pids=[1, 2]), "NaN"),
     (dict(distmat=np.zeros((2, 2)), q_pids=[1, 2], g_pids=[3, 4]), "none of the 2 queries"),
     (dict(distmat=np.zeros((1, 2)), q_pids=[1], g_pids=[1, 2], max_rank=0), "max_rank"),
-])
+  ],
+)
 def test_bad_input_raises_clear_error(kwargs, match):
   with pytest.raises(ValueError, match=match):
     evaluate_rank(**kwargs)
 
 
-@pytest.mark.parametrize("metric, scipy_metric", [("euclidean", "euclidean"),
-                                                  ("cosine", "cosine")])
+@pytest.mark.parametrize("metric, scipy_metric", [("euclidean", "euclidean"), ("cosine", "cosine")])
 def test_pairwise_distance_matches_scipy_across_chunks(metric, scipy_metric):
   rng = np.random.default_rng(0)
   q, g = rng.normal(size=(11, 16)), rng.normal(size=(9, 16))

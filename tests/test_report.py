@@ -9,8 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sketchreid_jax.evaluation import (chance_levels, evaluate_rank, format_table, plot_cmc,
-                                       write_results)
+from sketchreid_jax.evaluation import (
+  chance_levels,
+  evaluate_rank,
+  format_table,
+  plot_cmc,
+  write_results,
+)
 
 
 def test_chance_levels_equal_average_over_all_permutations():
@@ -48,10 +53,12 @@ def test_chance_levels_match_monte_carlo_with_camera_filtering():
   reps = 4000
   # Each replicated query row gets its own random ranking: 40,000 independent random rankings.
   distmat = rng.random((num_q * reps, num_g))
-  mc = evaluate_rank(distmat, np.tile(q_pids, reps), g_pids, np.tile(q_cams, reps), g_cams,
-                     max_rank=20)
-  chance = chance_levels(q_pids, g_pids, ranks=(1, 5, 10, 20), q_camids=q_cams, g_camids=g_cams,
-                         max_rank=20)
+  mc = evaluate_rank(
+    distmat, np.tile(q_pids, reps), g_pids, np.tile(q_cams, reps), g_cams, max_rank=20
+  )
+  chance = chance_levels(
+    q_pids, g_pids, ranks=(1, 5, 10, 20), q_camids=q_cams, g_camids=g_cams, max_rank=20
+  )
   n = mc.num_valid_queries
   assert n == chance["num_valid_queries"] * reps
   for k in (1, 5, 10, 20):
@@ -65,8 +72,11 @@ def test_chance_levels_match_monte_carlo_with_camera_filtering():
 
 
 def test_format_table_percentages_and_chance_row():
-  table = format_table({"single-query": {"mAP": 0.5, "R-1": 0.123456}}, columns=("mAP", "R-1"),
-                       chance={"mAP": 0.01, "R-1": 0.002})
+  table = format_table(
+    {"single-query": {"mAP": 0.5, "R-1": 0.123456}},
+    columns=("mAP", "R-1"),
+    chance={"mAP": 0.01, "R-1": 0.002},
+  )
   lines = table.strip().splitlines()
   assert lines[0] == "| protocol | mAP | R-1 |"
   assert lines[2] == "| single-query | 50.00 | 12.35 |"
@@ -81,15 +91,22 @@ def _two_results():
   dist_a, dist_b = rng.random((12, 40)), rng.random((12, 40))
   # A better-than-chance protocol: positives pulled closer.
   dist_b = dist_b - 0.5 * (q_pids[:, None] == g_pids[None, :])
-  return q_pids, g_pids, {"random": evaluate_rank(dist_a, q_pids, g_pids),
-                          "better": evaluate_rank(dist_b, q_pids, g_pids)}
+  return (
+    q_pids,
+    g_pids,
+    {
+      "random": evaluate_rank(dist_a, q_pids, g_pids),
+      "better": evaluate_rank(dist_b, q_pids, g_pids),
+    },
+  )
 
 
 def test_write_results_files_round_trip(tmp_path):
   q_pids, g_pids, results = _two_results()
   chance = chance_levels(q_pids, g_pids)
-  paths = write_results(tmp_path / "run", results, chance=chance,
-                        extra={"config": "demo", "step": np.int64(7)})
+  paths = write_results(
+    tmp_path / "run", results, chance=chance, extra={"config": "demo", "step": np.int64(7)}
+  )
   assert sorted(paths) == ["csv", "json", "md", "png"]
 
   loaded = json.loads(open(paths["json"]).read())
@@ -130,8 +147,12 @@ def test_write_results_accepts_metric_dicts_and_rejects_missing_cmc(tmp_path):
 
 
 def test_plot_cmc_writes_png(tmp_path):
-  path = plot_cmc({"a": np.linspace(0.2, 1.0, 10)}, tmp_path / "c.png",
-                  chance=np.linspace(0.01, 0.1, 10), title="t")
+  path = plot_cmc(
+    {"a": np.linspace(0.2, 1.0, 10)},
+    tmp_path / "c.png",
+    chance=np.linspace(0.01, 0.1, 10),
+    title="t",
+  )
   with Image.open(path) as img:
     assert img.format == "PNG"
   with pytest.raises(ValueError, match="empty"):

@@ -7,11 +7,11 @@ import pytest
 
 from sketchreid_jax.models import resnet
 from sketchreid_jax.models.resnet import (
-    Bottleneck,
-    ResNet50,
-    ResNetStage,
-    ResNetStem,
-    stage_specs,
+  Bottleneck,
+  ResNet50,
+  ResNetStage,
+  ResNetStem,
+  stage_specs,
 )
 
 EPS = 1e-5
@@ -89,7 +89,8 @@ def small_net():
 def test_param_count_matches_torchvision():
   model = ResNet50(width=64, last_stride=2, num_classes=1000)
   shapes = jax.eval_shape(
-      lambda: model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)), train=False))
+    lambda: model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)), train=False)
+  )
   assert sum(x.size for x in jax.tree.leaves(shapes['params'])) == TORCHVISION_RESNET50_PARAMS
   assert shapes['params']['fc']['kernel'].shape == (2048, 1000)
 
@@ -131,9 +132,17 @@ def test_param_names_mirror_torchvision(small_net):
   _, variables = small_net
   params = variables['params']
   flat = {'/'.join(k.key for k in path) for path, _ in jax.tree_util.tree_leaves_with_path(params)}
-  for key in ['conv1/kernel', 'bn1/scale', 'bn1/bias', 'layer1/0/downsample_conv/kernel',
-              'layer1/0/downsample_bn/scale', 'layer4/2/bn3/scale', 'layer3/5/conv2/kernel',
-              'fc/kernel', 'fc/bias']:
+  for key in [
+    'conv1/kernel',
+    'bn1/scale',
+    'bn1/bias',
+    'layer1/0/downsample_conv/kernel',
+    'layer1/0/downsample_bn/scale',
+    'layer4/2/bn3/scale',
+    'layer3/5/conv2/kernel',
+    'fc/kernel',
+    'fc/bias',
+  ]:
     assert key in flat, key
   assert 'layer1/1/downsample_conv/kernel' not in flat  # only the first block downsamples
   assert sorted(params) == ['bn1', 'conv1', 'fc', 'layer1', 'layer2', 'layer3', 'layer4']
@@ -146,8 +155,12 @@ def test_param_names_mirror_torchvision(small_net):
 
 def test_stage_specs():
   specs = stage_specs(16, 1)
-  assert [tuple(s) for s in specs] == [('layer1', 3, 16, 1), ('layer2', 4, 32, 2),
-                                       ('layer3', 6, 64, 2), ('layer4', 3, 128, 1)]
+  assert [tuple(s) for s in specs] == [
+    ('layer1', 3, 16, 1),
+    ('layer2', 4, 32, 2),
+    ('layer3', 6, 64, 2),
+    ('layer4', 3, 128, 1),
+  ]
   assert stage_specs(16, 2)[-1].stride == 2
   with pytest.raises(ValueError, match='last_stride'):
     stage_specs(16, 3)
@@ -166,19 +179,31 @@ def ref_conv(x_nchw, kernel_hwio, stride, pad):
   w_oihw = jnp.transpose(kernel_hwio, (3, 2, 0, 1))
   padding = pad if isinstance(pad, str) else [(pad, pad), (pad, pad)]
   return jax.lax.conv_general_dilated(
-      x_nchw, w_oihw, (stride, stride), padding,
-      dimension_numbers=('NCHW', 'OIHW', 'NCHW'), precision=jax.lax.Precision.HIGHEST)
+    x_nchw,
+    w_oihw,
+    (stride, stride),
+    padding,
+    dimension_numbers=('NCHW', 'OIHW', 'NCHW'),
+    precision=jax.lax.Precision.HIGHEST,
+  )
 
 
 def ref_bn_eval(x_nchw, params, stats):
   c = lambda a: jnp.asarray(a)[None, :, None, None]
   return (x_nchw - c(stats['mean'])) / jnp.sqrt(c(stats['var']) + EPS) * c(params['scale']) + c(
-      params['bias'])
+    params['bias']
+  )
 
 
 def ref_maxpool(x_nchw, pad):
-  return jax.lax.reduce_window(x_nchw, -jnp.inf, jax.lax.max, (1, 1, 3, 3), (1, 1, 2, 2),
-                               [(0, 0), (0, 0), (pad, pad), (pad, pad)])
+  return jax.lax.reduce_window(
+    x_nchw,
+    -jnp.inf,
+    jax.lax.max,
+    (1, 1, 3, 3),
+    (1, 1, 2, 2),
+    [(0, 0), (0, 0), (pad, pad), (pad, pad)],
+  )
 
 
 def to_nchw(x):
@@ -229,8 +254,9 @@ def test_stride2_bottleneck_matches_pytorch_semantics():
 
 def test_bottleneck_without_downsample_rejects_channel_change():
   with pytest.raises(ValueError, match='downsample=True'):
-    jax.eval_shape(lambda: Bottleneck(features=8).init(
-        jax.random.key(0), jnp.zeros((1, 4, 4, 16)), train=False))
+    jax.eval_shape(
+      lambda: Bottleneck(features=8).init(jax.random.key(0), jnp.zeros((1, 4, 4, 16)), train=False)
+    )
 
 
 def test_resnet50_equals_composed_stem_and_stages(small_net):
@@ -239,8 +265,10 @@ def test_resnet50_equals_composed_stem_and_stages(small_net):
   x = randn((2, 48, 32, 3), seed=0)
   logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
   sub = lambda name: {c: variables[c][name] for c in ('params', 'batch_stats')}
-  stem_vars = {'params': {k: variables['params'][k] for k in ('conv1', 'bn1')},
-               'batch_stats': {'bn1': variables['batch_stats']['bn1']}}
+  stem_vars = {
+    'params': {k: variables['params'][k] for k in ('conv1', 'bn1')},
+    'batch_stats': {'bn1': variables['batch_stats']['bn1']},
+  }
   y = ResNetStem(width=8).apply(stem_vars, x, train=False)
   for spec in stage_specs(8, 1):
     stage = ResNetStage(spec.num_blocks, spec.features, spec.stride)
@@ -257,8 +285,9 @@ def test_real_init_follows_torchvision():
   width, classes = 8, 400
   model = ResNet50(width=width, num_classes=classes, zero_init_last_bn=True)
   layer4_in = jnp.zeros((1, 4, 4, 16 * width))
-  params = model.init(rbg_key(0), layer4_in,
-                      method=lambda m, x: m.layer4(x, train=False))['params']['layer4']
+  params = model.init(rbg_key(0), layer4_in, method=lambda m, x: m.layer4(x, train=False))[
+    'params'
+  ]['layer4']
   # The largest kernels give tight std estimates: conv2 (3,3,64,64), downsample (1,1,128,256).
   for kernel in (params['1']['conv2']['kernel'], params['0']['downsample_conv']['kernel']):
     k = np.asarray(kernel)
@@ -268,8 +297,9 @@ def test_real_init_follows_torchvision():
   for block in params.values():
     assert np.all(block['bn3']['scale'] == 0)  # ResNet50 passed zero_init_last_bn through
     assert np.all(block['bn2']['scale'] == 1) and np.all(block['bn2']['bias'] == 0)
-  fc = model.init(rbg_key(1), jnp.zeros((1, 32 * width)),
-                  method=lambda m, f: m.fc(f))['params']['fc']
+  fc = model.init(rbg_key(1), jnp.zeros((1, 32 * width)), method=lambda m, f: m.fc(f))['params'][
+    'fc'
+  ]
   bound = 1 / np.sqrt(32 * width)
   for leaf in (fc['kernel'], fc['bias']):
     assert np.abs(leaf).max() <= bound
@@ -279,13 +309,13 @@ def test_real_init_follows_torchvision():
 
 
 def test_real_init_stem_and_default_bn3():
-  stem_params = ResNetStem(width=16).init(rbg_key(0), jnp.zeros((1, 16, 16, 3)),
-                                          train=False)['params']
+  stem_params = ResNetStem(width=16).init(rbg_key(0), jnp.zeros((1, 16, 16, 3)), train=False)[
+    'params'
+  ]
   k = np.asarray(stem_params['conv1']['kernel'])  # (7, 7, 3, 16): fan_out = 7·7·16
   assert abs(k.std() / np.sqrt(2.0 / (7 * 7 * 16)) - 1) < 0.1
   assert np.all(stem_params['bn1']['scale'] == 1) and np.all(stem_params['bn1']['bias'] == 0)
-  block = Bottleneck(features=4).init(rbg_key(0), jnp.zeros((1, 2, 2, 16)),
-                                      train=False)['params']
+  block = Bottleneck(features=4).init(rbg_key(0), jnp.zeros((1, 2, 2, 16)), train=False)['params']
   assert np.all(block['bn3']['scale'] == 1)  # zero_init_last_bn defaults to False
 
 

@@ -3,7 +3,6 @@
 import json
 import os
 
-import jax
 import numpy as np
 import pytest
 
@@ -54,8 +53,14 @@ def test_train_evaluate_and_resume_on_tiny_synthetic(tiny_market, tfds_cache, tm
   assert set(results) == {'single_query', 'multi_query'}
   for r in results.values():
     assert 0.0 <= r.mAP <= 1.0 and 0.0 <= r.rank(1) <= 1.0 and r.num_valid_queries > 0
-  for name in ('results.json', 'results.csv', 'results.md', 'cmc.png', 'config.json',
-               'train_meta.json'):
+  for name in (
+    'results.json',
+    'results.csv',
+    'results.md',
+    'cmc.png',
+    'config.json',
+    'train_meta.json',
+  ):
     assert os.path.exists(os.path.join(workdir, name)), name
   meta = json.load(open(os.path.join(workdir, 'train_meta.json')))
   spe = meta['steps_per_epoch']

@@ -9,21 +9,25 @@ from typing import Callable
 
 def _market_sketch(data_config):
   from sketchreid_jax.datasets import market_sketch  # TF/TFDS import is slow: load on use
+
   return market_sketch.load_market_sketch(data_config.root, cache_dir=data_config.cache_dir or None)
 
 
 DATASETS: dict[str, Callable] = {
-    'market_sketch': _market_sketch,
+  'market_sketch': _market_sketch,
 }
 
 
 def load(data_config):
   """Reads ``data_config.dataset`` from ``data_config.root`` into a SampleTable."""
   if data_config.dataset not in DATASETS:
-    raise ValueError(f'unknown config.data.dataset {data_config.dataset!r}; known: {sorted(DATASETS)}')
+    raise ValueError(
+      f'unknown config.data.dataset {data_config.dataset!r}; known: {sorted(DATASETS)}'
+    )
   if not os.path.isdir(data_config.root):
     raise FileNotFoundError(
-        f'dataset folder {data_config.root!r} does not exist. Generate the synthetic stand-in with '
-        f'`python -m sketchreid_jax.tools.generate_synthetic --out data/synthetic --preset demo`, or '
-        f'point --config.data.root at a real {data_config.dataset} folder (see data/README.md).')
+      f'dataset folder {data_config.root!r} does not exist. Generate the synthetic stand-in with '
+      f'`python -m sketchreid_jax.tools.generate_synthetic --out data/synthetic --preset demo`, or '
+      f'point --config.data.root at a real {data_config.dataset} folder (see data/README.md).'
+    )
   return DATASETS[data_config.dataset](data_config)

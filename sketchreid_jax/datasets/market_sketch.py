@@ -43,17 +43,8 @@ import warnings
 from pathlib import Path
 from typing import Iterator
 
-# Keep TF's C++ INFO banner out of the user's console; an explicit user setting wins.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
-
-import tensorflow as tf  # noqa: E402
-
-try:
-    # JAX owns the accelerators; TF only reads files and decodes images.
-    tf.config.set_visible_devices([], "GPU")
-except RuntimeError as err:  # TF already initialised its GPUs before this import.
-    warnings.warn(f"sketchreid_jax.datasets.market_sketch: could not hide GPUs from TensorFlow "
-                  f"({err}); import sketchreid_jax before running any TensorFlow op.")
+from sketchreid_jax.datasets.attributes import MARKET_ATTRIBUTE_NAMES  # noqa: E402
+from sketchreid_jax.tf_setup import tf  # noqa: E402  (hides GPUs from TF first)
 
 import numpy as np  # noqa: E402
 import scipy.io  # noqa: E402
@@ -61,19 +52,17 @@ import tensorflow_datasets as tfds  # noqa: E402
 from absl import logging as absl_logging  # noqa: E402
 from etils import epath  # noqa: E402
 
-from sketchreid_jax.datasets.table import (MODALITY_PHOTO, MODALITY_SKETCH,  # noqa: E402
-                                           SampleTable)
+from sketchreid_jax.datasets.table import (
+  MODALITY_PHOTO,
+  MODALITY_SKETCH,  # noqa: E402
+  SampleTable,
+)
 
 STYLES: tuple[str, ...] = ("A", "B", "C", "D", "E", "F")
 SPLITS: tuple[str, ...] = ("train", "query")
 IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png")
 ATTRIBUTE_FILE = "market_attribute.mat"
-ATTRIBUTE_NAMES: tuple[str, ...] = (
-    "age", "backpack", "bag", "handbag", "downblack", "downblue", "downbrown", "downgray",
-    "downgreen", "downpink", "downpurple", "downwhite", "downyellow", "upblack", "upblue",
-    "upgreen", "upgray", "uppurple", "upred", "upwhite", "upyellow", "clothes", "down", "up",
-    "hair", "hat", "gender",
-)
+ATTRIBUTE_NAMES = MARKET_ATTRIBUTE_NAMES
 DEFAULT_CACHE_DIR = "~/.cache/sketchreid_jax/tfds"
 DATASET_NAME = "market_sketch_1k"
 
@@ -83,108 +72,123 @@ _PHOTO_RE = re.compile(r"^(\d{4})_c(\d+)s(\d+)_")
 
 @dataclasses.dataclass(frozen=True)
 class ImageRecord:
-    """One image found by :func:`scan_layout` (path relative to the root, posix separators)."""
+  """One image found by :func:`scan_layout` (path relative to the root, posix separators)."""
 
-    path: str
-    pid: int
-    modality: int
-    style: str
-    split: str
-    camid: int
+  path: str
+  pid: int
+  modality: int
+  style: str
+  split: str
+  camid: int
 
 
 def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+  return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def _parse_pid(file: Path) -> int:
-    match = _PID_RE.match(file.name)
-    if match is None:
-        raise ValueError(
-            f"{file}: the file name must start with a 4-digit identity (e.g. 0002_c1s1_000451_01.jpg "
-            f"or 0002.jpg); rename or remove this file."
-        )
-    return int(match.group(1))
+  match = _PID_RE.match(file.name)
+  if match is None:
+    raise ValueError(
+      f"{file}: the file name must start with a 4-digit identity (e.g. 0002_c1s1_000451_01.jpg "
+      f"or 0002.jpg); rename or remove this file."
+    )
+  return int(match.group(1))
 
 
 def _parse_photo(file: Path) -> tuple[int, int]:
-    pid = _parse_pid(file)
-    match = _PHOTO_RE.match(file.name)
-    if match is None or int(match.group(2)) < 1:
-        raise ValueError(
-            f"{file}: a photo name must follow the Market-1501 pattern "
-            f"<pid:04d>_c<camera>s<sequence>_<frame>_<nn>.jpg with camera >= 1 "
-            f"(e.g. 0002_c1s1_000451_01.jpg); rename or remove this file."
-        )
-    return pid, int(match.group(2))
+  pid = _parse_pid(file)
+  match = _PHOTO_RE.match(file.name)
+  if match is None or int(match.group(2)) < 1:
+    raise ValueError(
+      f"{file}: a photo name must follow the Market-1501 pattern "
+      f"<pid:04d>_c<camera>s<sequence>_<frame>_<nn>.jpg with camera >= 1 "
+      f"(e.g. 0002_c1s1_000451_01.jpg); rename or remove this file."
+    )
+  return pid, int(match.group(2))
 
 
 def _require_dir(path: Path, what: str) -> None:
-    if not path.is_dir():
-        raise FileNotFoundError(
-            f"{path}: missing folder; expected {what}. Market-Sketch-1K needs photo/train, "
-            f"photo/query and sketch/<A..F>/{{train,query}} under the dataset root."
-        )
+  if not path.is_dir():
+    raise FileNotFoundError(
+      f"{path}: missing folder; expected {what}. Market-Sketch-1K needs photo/train, "
+      f"photo/query and sketch/<A..F>/{{train,query}} under the dataset root."
+    )
 
 
 def scan_layout(root: str | os.PathLike) -> list[ImageRecord]:
-    """Validates the folder layout and lists every image with its parsed labels.
+  """Validates the folder layout and lists every image with its parsed labels.
 
-    Raises FileNotFoundError for a missing folder and ValueError for a bad name; each message
-    names the offending path and what was expected.
-    """
-    root = Path(root).expanduser()
-    _require_dir(root, "the Market-Sketch-1K dataset root")
-    records: list[ImageRecord] = []
-    for split in SPLITS:
-        folder = root / "photo" / split
-        _require_dir(folder, f"the {split} photos (photo/{split}/*.jpg)")
-        files = _image_files(folder)
-        if not files:
-            raise ValueError(f"{folder}: no images (*.jpg/*.jpeg/*.png); expected the {split} photos.")
-        for file in files:
-            pid, camid = _parse_photo(file)
-            records.append(ImageRecord(file.relative_to(root).as_posix(), pid, MODALITY_PHOTO, "",
-                                       split, camid))
-    sketch_dir = root / "sketch"
-    _require_dir(sketch_dir, "the sketches (sketch/<A..F>/{train,query}/*.jpg)")
-    style_dirs = sorted(p for p in sketch_dir.iterdir() if p.is_dir())
-    unknown = [p for p in style_dirs if p.name not in STYLES]
-    if unknown:
-        raise ValueError(f"{unknown[0]}: unexpected folder in sketch/; style folders are named "
-                         f"{', '.join(STYLES)}. Rename or move it.")
-    if not style_dirs:
-        raise FileNotFoundError(f"{sketch_dir}: no style folder; expected at least one of "
-                                f"{', '.join(STYLES)} holding train/ and/or query/ sketches.")
-    for style_dir in style_dirs:
-        present = [s for s in SPLITS if (style_dir / s).is_dir()]
-        if not present:
-            raise FileNotFoundError(f"{style_dir}: style folder has neither train/ nor query/; "
-                                    f"expected sketch/{style_dir.name}/train/*.jpg and/or query/*.jpg.")
-        for split in present:
-            for file in _image_files(style_dir / split):
-                records.append(ImageRecord(file.relative_to(root).as_posix(), _parse_pid(file),
-                                           MODALITY_SKETCH, style_dir.name, split, 0))
-    return records
+  Raises FileNotFoundError for a missing folder and ValueError for a bad name; each message
+  names the offending path and what was expected.
+  """
+  root = Path(root).expanduser()
+  _require_dir(root, "the Market-Sketch-1K dataset root")
+  records: list[ImageRecord] = []
+  for split in SPLITS:
+    folder = root / "photo" / split
+    _require_dir(folder, f"the {split} photos (photo/{split}/*.jpg)")
+    files = _image_files(folder)
+    if not files:
+      raise ValueError(f"{folder}: no images (*.jpg/*.jpeg/*.png); expected the {split} photos.")
+    for file in files:
+      pid, camid = _parse_photo(file)
+      records.append(
+        ImageRecord(file.relative_to(root).as_posix(), pid, MODALITY_PHOTO, "", split, camid)
+      )
+  sketch_dir = root / "sketch"
+  _require_dir(sketch_dir, "the sketches (sketch/<A..F>/{train,query}/*.jpg)")
+  style_dirs = sorted(p for p in sketch_dir.iterdir() if p.is_dir())
+  unknown = [p for p in style_dirs if p.name not in STYLES]
+  if unknown:
+    raise ValueError(
+      f"{unknown[0]}: unexpected folder in sketch/; style folders are named "
+      f"{', '.join(STYLES)}. Rename or move it."
+    )
+  if not style_dirs:
+    raise FileNotFoundError(
+      f"{sketch_dir}: no style folder; expected at least one of "
+      f"{', '.join(STYLES)} holding train/ and/or query/ sketches."
+    )
+  for style_dir in style_dirs:
+    present = [s for s in SPLITS if (style_dir / s).is_dir()]
+    if not present:
+      raise FileNotFoundError(
+        f"{style_dir}: style folder has neither train/ nor query/; "
+        f"expected sketch/{style_dir.name}/train/*.jpg and/or query/*.jpg."
+      )
+    for split in present:
+      for file in _image_files(style_dir / split):
+        records.append(
+          ImageRecord(
+            file.relative_to(root).as_posix(),
+            _parse_pid(file),
+            MODALITY_SKETCH,
+            style_dir.name,
+            split,
+            0,
+          )
+        )
+  return records
 
 
 def fingerprint(root: str | os.PathLike, records: list[ImageRecord]) -> str:
-    """sha1 of the absolute root and the sorted (relative path, size, mtime_ns) of the images."""
-    root = Path(root).expanduser().resolve()
-    digest = hashlib.sha1(str(root).encode())
-    for rel in sorted(r.path for r in records):
-        stat = (root / rel).stat()
-        digest.update(f"\0{rel}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
-    return digest.hexdigest()
+  """sha1 of the absolute root and the sorted (relative path, size, mtime_ns) of the images."""
+  root = Path(root).expanduser().resolve()
+  digest = hashlib.sha1(str(root).encode())
+  for rel in sorted(r.path for r in records):
+    stat = (root / rel).stat()
+    digest.update(f"\0{rel}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
+  return digest.hexdigest()
 
 
 class MarketSketch1K(tfds.core.GeneratorBasedBuilder):
-    """Market-Sketch-1K photos and sketches as raw encoded bytes with identity/style/camera labels."""
+  """Market-Sketch-1K photos and sketches as raw encoded bytes with identity/style/camera labels."""
 
-    name = DATASET_NAME
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release: raw bytes, pid, modality, style, camid, path."}
-    MANUAL_DOWNLOAD_INSTRUCTIONS = """
+  name = DATASET_NAME
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release: raw bytes, pid, modality, style, camid, path."}
+  MANUAL_DOWNLOAD_INSTRUCTIONS = """
     Request Market-Sketch-1K from its authors (ACM MM 2023, "Beyond Domain Gap: Exploiting
     Subjectivity in Sketch-Based Person Retrieval") and unpack it so that the manual_dir (the
     dataset root, e.g. data/market_sketch_1k) holds photo/train, photo/query,
@@ -192,172 +196,211 @@ class MarketSketch1K(tfds.core.GeneratorBasedBuilder):
     Market-1501 attributes). Point --config.data.root (or tfds manual_dir) at that folder.
     """
 
-    @tfds.core.utils.classproperty
-    @classmethod
-    def code_path(cls) -> epath.Path:
-        # TFDS 4.9's default resolves the package through `importlib_resources`, which is only a
-        # dependency on Python < 3.9 and so may be absent; this is its own fallback result.
-        return epath.Path(inspect.getfile(cls))
+  @tfds.core.utils.classproperty
+  @classmethod
+  def code_path(cls) -> epath.Path:
+    # TFDS 4.9's default resolves the package through `importlib_resources`, which is only a
+    # dependency on Python < 3.9 and so may be absent; this is its own fallback result.
+    return epath.Path(inspect.getfile(cls))
 
-    def _info(self) -> tfds.core.DatasetInfo:
-        return self.dataset_info_from_configs(
-            description="Sketch-based person re-identification: hand-drawn sketches in six artist "
-                        "styles (A-F) and Market-1501 photos.",
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Tensor(shape=(), dtype=tf.string),
-                "pid": tfds.features.Scalar(dtype=tf.int32),
-                "modality": tfds.features.Scalar(dtype=tf.int32, doc="0 photo, 1 sketch"),
-                "style": tfds.features.Text(doc="'' for photos, A..F for sketches"),
-                "camid": tfds.features.Scalar(dtype=tf.int32, doc="camera (1..6), 0 for sketches"),
-                "path": tfds.features.Text(doc="path relative to the dataset root"),
-            }),
-            supervised_keys=None,
-            homepage="https://github.com/Lin-Kayla/subjectivity-sketch-reid",
-        )
+  def _info(self) -> tfds.core.DatasetInfo:
+    return self.dataset_info_from_configs(
+      description="Sketch-based person re-identification: hand-drawn sketches in six artist "
+      "styles (A-F) and Market-1501 photos.",
+      features=tfds.features.FeaturesDict(
+        {
+          "image": tfds.features.Tensor(shape=(), dtype=tf.string),
+          "pid": tfds.features.Scalar(dtype=tf.int32),
+          "modality": tfds.features.Scalar(dtype=tf.int32, doc="0 photo, 1 sketch"),
+          "style": tfds.features.Text(doc="'' for photos, A..F for sketches"),
+          "camid": tfds.features.Scalar(dtype=tf.int32, doc="camera (1..6), 0 for sketches"),
+          "path": tfds.features.Text(doc="path relative to the dataset root"),
+        }
+      ),
+      supervised_keys=None,
+      homepage="https://github.com/Lin-Kayla/subjectivity-sketch-reid",
+    )
 
-    def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-        root = Path(dl_manager.manual_dir)
-        records = scan_layout(root)
-        return {split: self._generate_examples(root, [r for r in records if r.split == split])
-                for split in SPLITS}
+  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+    root = Path(dl_manager.manual_dir)
+    records = scan_layout(root)
+    return {
+      split: self._generate_examples(root, [r for r in records if r.split == split])
+      for split in SPLITS
+    }
 
-    def _generate_examples(self, root: Path, records: list[ImageRecord]):
-        for record in records:
-            yield record.path, {
-                "image": (root / record.path).read_bytes(),
-                "pid": record.pid,
-                "modality": record.modality,
-                "style": record.style,
-                "camid": record.camid,
-                "path": record.path,
-            }
+  def _generate_examples(self, root: Path, records: list[ImageRecord]):
+    for record in records:
+      yield (
+        record.path,
+        {
+          "image": (root / record.path).read_bytes(),
+          "pid": record.pid,
+          "modality": record.modality,
+          "style": record.style,
+          "camid": record.camid,
+          "path": record.path,
+        },
+      )
 
 
 @contextlib.contextmanager
 def _quiet_tfds() -> Iterator[None]:
-    """Lowers absl/TF logging to warnings and hides TFDS progress bars, restoring them afterwards."""
-    tqdm_utils = tfds.core.utils.tqdm_utils
-    previous = (absl_logging.get_verbosity(), tf.get_logger().level,
-                getattr(tqdm_utils, "_active", True))
-    absl_logging.set_verbosity(absl_logging.WARNING)
-    tf.get_logger().setLevel(logging.WARNING)
-    tfds.display_progress_bar(False)
-    try:
-        yield
-    finally:
-        absl_logging.set_verbosity(previous[0])
-        tf.get_logger().setLevel(previous[1])
-        tfds.display_progress_bar(previous[2])
+  """Lowers absl/TF logging to warnings and hides TFDS progress bars, restoring them afterwards."""
+  tqdm_utils = tfds.core.utils.tqdm_utils
+  previous = (
+    absl_logging.get_verbosity(),
+    tf.get_logger().level,
+    getattr(tqdm_utils, "_active", True),
+  )
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  tf.get_logger().setLevel(logging.WARNING)
+  tfds.display_progress_bar(False)
+  try:
+    yield
+  finally:
+    absl_logging.set_verbosity(previous[0])
+    tf.get_logger().setLevel(previous[1])
+    tfds.display_progress_bar(previous[2])
 
 
 def read_attributes(path: str | os.PathLike, pids: np.ndarray) -> dict[int, np.ndarray]:
-    """Attribute rows (0-based codes, ``ATTRIBUTE_NAMES`` order) for every pid in ``pids``.
+  """Attribute rows (0-based codes, ``ATTRIBUTE_NAMES`` order) for every pid in ``pids``.
 
-    Identities absent from the .mat get a row of -1.
-    """
-    path = Path(path)
-    try:
-        mat = scipy.io.loadmat(path, squeeze_me=True, struct_as_record=False)
-    except Exception as err:  # scipy raises several types for a corrupt file
-        raise ValueError(f"{path}: cannot be read as a MATLAB file ({err}); expected the "
-                         f"Market-1501 market_attribute.mat.") from err
-    if "market_attribute" not in mat:
-        raise ValueError(f"{path}: no variable 'market_attribute'; expected the Market-1501 "
-                         f"attribute file with train/test structs.")
-    known: dict[int, np.ndarray] = {}
-    for part in ("train", "test"):
-        struct = getattr(mat["market_attribute"], part, None)
-        if struct is None:
-            raise ValueError(f"{path}: market_attribute has no '{part}' struct; expected "
-                             f"fields 'train' and 'test'.")
-        if not hasattr(struct, "image_index"):
-            raise ValueError(f"{path}: market_attribute.{part} has no 'image_index' field.")
-        ids = np.atleast_1d(struct.image_index)
-        columns = []
-        for name in ATTRIBUTE_NAMES:
-            if not hasattr(struct, name):
-                raise ValueError(f"{path}: market_attribute.{part} lacks the attribute field "
-                                 f"'{name}'; expected all of {', '.join(ATTRIBUTE_NAMES)}.")
-            codes = np.atleast_1d(getattr(struct, name)).astype(np.int64)
-            if codes.shape != ids.shape:
-                raise ValueError(f"{path}: market_attribute.{part}.{name} has {codes.size} "
-                                 f"entries but image_index has {ids.size}.")
-            if codes.size and codes.min() < 1:
-                raise ValueError(f"{path}: market_attribute.{part}.{name} has code {codes.min()}; "
-                                 f"codes are 1-based (binary 1/2, age 1..4).")
-            columns.append(codes - 1)
-        rows = np.stack(columns, axis=1).astype(np.int32) if ids.size else np.zeros((0, len(ATTRIBUTE_NAMES)), np.int32)
-        for raw_id, row in zip(ids, rows):
-            text = str(raw_id).strip()
-            if not text.isdigit():
-                raise ValueError(f"{path}: market_attribute.{part}.image_index entry {raw_id!r} "
-                                 f"is not a numeric identity.")
-            pid = int(text)
-            if pid in known and not np.array_equal(known[pid], row):
-                raise ValueError(f"{path}: identity {text} appears in train and test with "
-                                 f"different attributes.")
-            known[pid] = row
-    missing = np.full((len(ATTRIBUTE_NAMES),), -1, dtype=np.int32)
-    return {int(p): known.get(int(p), missing).copy() for p in np.unique(pids)}
+  Identities absent from the .mat get a row of -1.
+  """
+  path = Path(path)
+  try:
+    mat = scipy.io.loadmat(path, squeeze_me=True, struct_as_record=False)
+  except Exception as err:  # scipy raises several types for a corrupt file
+    raise ValueError(
+      f"{path}: cannot be read as a MATLAB file ({err}); expected the "
+      f"Market-1501 market_attribute.mat."
+    ) from err
+  if "market_attribute" not in mat:
+    raise ValueError(
+      f"{path}: no variable 'market_attribute'; expected the Market-1501 "
+      f"attribute file with train/test structs."
+    )
+  known: dict[int, np.ndarray] = {}
+  for part in ("train", "test"):
+    struct = getattr(mat["market_attribute"], part, None)
+    if struct is None:
+      raise ValueError(
+        f"{path}: market_attribute has no '{part}' struct; expected fields 'train' and 'test'."
+      )
+    if not hasattr(struct, "image_index"):
+      raise ValueError(f"{path}: market_attribute.{part} has no 'image_index' field.")
+    ids = np.atleast_1d(struct.image_index)
+    columns = []
+    for name in ATTRIBUTE_NAMES:
+      if not hasattr(struct, name):
+        raise ValueError(
+          f"{path}: market_attribute.{part} lacks the attribute field "
+          f"'{name}'; expected all of {', '.join(ATTRIBUTE_NAMES)}."
+        )
+      codes = np.atleast_1d(getattr(struct, name)).astype(np.int64)
+      if codes.shape != ids.shape:
+        raise ValueError(
+          f"{path}: market_attribute.{part}.{name} has {codes.size} "
+          f"entries but image_index has {ids.size}."
+        )
+      if codes.size and codes.min() < 1:
+        raise ValueError(
+          f"{path}: market_attribute.{part}.{name} has code {codes.min()}; "
+          f"codes are 1-based (binary 1/2, age 1..4)."
+        )
+      columns.append(codes - 1)
+    rows = (
+      np.stack(columns, axis=1).astype(np.int32)
+      if ids.size
+      else np.zeros((0, len(ATTRIBUTE_NAMES)), np.int32)
+    )
+    for raw_id, row in zip(ids, rows):
+      text = str(raw_id).strip()
+      if not text.isdigit():
+        raise ValueError(
+          f"{path}: market_attribute.{part}.image_index entry {raw_id!r} is not a numeric identity."
+        )
+      pid = int(text)
+      if pid in known and not np.array_equal(known[pid], row):
+        raise ValueError(
+          f"{path}: identity {text} appears in train and test with different attributes."
+        )
+      known[pid] = row
+  missing = np.full((len(ATTRIBUTE_NAMES),), -1, dtype=np.int32)
+  return {int(p): known.get(int(p), missing).copy() for p in np.unique(pids)}
 
 
 def _read_split(builder: tfds.core.DatasetBuilder, split: str, batch: int) -> dict[str, list]:
-    out: dict[str, list] = {k: [] for k in ("image", "pid", "modality", "style", "camid", "path")}
-    ds = builder.as_dataset(split=split, shuffle_files=False).batch(batch)
-    for chunk in tfds.as_numpy(ds):
-        for key in out:
-            values = chunk[key]
-            if key in ("style", "path"):
-                values = [v.decode("utf-8") for v in values]
-            out[key].extend(values)
-    out["split"] = [split] * len(out["pid"])
-    return out
+  out: dict[str, list] = {k: [] for k in ("image", "pid", "modality", "style", "camid", "path")}
+  ds = builder.as_dataset(split=split, shuffle_files=False).batch(batch)
+  for chunk in tfds.as_numpy(ds):
+    for key in out:
+      values = chunk[key]
+      if key in ("style", "path"):
+        values = [v.decode("utf-8") for v in values]
+      out[key].extend(values)
+  out["split"] = [split] * len(out["pid"])
+  return out
 
 
-def load_market_sketch(root: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None,
-                       read_batch: int = 1024) -> SampleTable:
-    """Validates ``root``, builds (once per fingerprint) the TFDS dataset and reads it into a table.
+def load_market_sketch(
+  root: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None, read_batch: int = 1024
+) -> SampleTable:
+  """Validates ``root``, builds (once per fingerprint) the TFDS dataset and reads it into a table.
 
-    Args:
-      root: the dataset root (the TFDS manual_dir).
-      cache_dir: where TFDS builds go, one sub-folder per fingerprint; default
-        ``~/.cache/sketchreid_jax/tfds``.
-      read_batch: examples per tf.data batch while reading (only affects reading speed).
-    """
-    root = Path(root).expanduser().resolve()
-    records = scan_layout(root)
-    data_dir = Path(cache_dir or DEFAULT_CACHE_DIR).expanduser() / fingerprint(root, records)
-    with _quiet_tfds():
-        builder = MarketSketch1K(data_dir=str(data_dir))
-        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-            manual_dir=str(root), try_download_gcs=False))
-        parts = [_read_split(builder, split, read_batch) for split in SPLITS]
-    columns = {k: [v for part in parts for v in part[k]] for k in parts[0]}
-    if len(columns["pid"]) != len(records):
-        raise RuntimeError(f"{data_dir}: the TFDS build holds {len(columns['pid'])} images but "
-                           f"{root} has {len(records)}; delete {data_dir} and load again.")
-    image = np.empty(len(records), dtype=object)
-    image[:] = columns["image"]
-    table_columns = dict(
-        image=image,
-        pid=np.asarray(columns["pid"], np.int32),
-        modality=np.asarray(columns["modality"], np.int8),
-        style=np.asarray(columns["style"], str),
-        split=np.asarray(columns["split"], str),
-        camid=np.asarray(columns["camid"], np.int32),
-        path=np.asarray(columns["path"], str),
+  Args:
+    root: the dataset root (the TFDS manual_dir).
+    cache_dir: where TFDS builds go, one sub-folder per fingerprint; default
+      ``~/.cache/sketchreid_jax/tfds``.
+    read_batch: examples per tf.data batch while reading (only affects reading speed).
+  """
+  root = Path(root).expanduser().resolve()
+  records = scan_layout(root)
+  data_dir = Path(cache_dir or DEFAULT_CACHE_DIR).expanduser() / fingerprint(root, records)
+  with _quiet_tfds():
+    builder = MarketSketch1K(data_dir=str(data_dir))
+    builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=str(root), try_download_gcs=False)
     )
-    split_rank = np.asarray([SPLITS.index(s) for s in table_columns["split"]])
-    order = np.lexsort((table_columns["path"], table_columns["style"], table_columns["modality"],
-                        split_rank))
-    table_columns = {k: v[order] for k, v in table_columns.items()}
+    parts = [_read_split(builder, split, read_batch) for split in SPLITS]
+  columns = {k: [v for part in parts for v in part[k]] for k in parts[0]}
+  if len(columns["pid"]) != len(records):
+    raise RuntimeError(
+      f"{data_dir}: the TFDS build holds {len(columns['pid'])} images but "
+      f"{root} has {len(records)}; delete {data_dir} and load again."
+    )
+  image = np.empty(len(records), dtype=object)
+  image[:] = columns["image"]
+  table_columns = dict(
+    image=image,
+    pid=np.asarray(columns["pid"], np.int32),
+    modality=np.asarray(columns["modality"], np.int8),
+    style=np.asarray(columns["style"], str),
+    split=np.asarray(columns["split"], str),
+    camid=np.asarray(columns["camid"], np.int32),
+    path=np.asarray(columns["path"], str),
+  )
+  split_rank = np.asarray([SPLITS.index(s) for s in table_columns["split"]])
+  order = np.lexsort(
+    (table_columns["path"], table_columns["style"], table_columns["modality"], split_rank)
+  )
+  table_columns = {k: v[order] for k, v in table_columns.items()}
 
-    mat_path = root / ATTRIBUTE_FILE
-    if mat_path.is_file():
-        attributes = read_attributes(mat_path, table_columns["pid"])
-    else:
-        warnings.warn(f"{mat_path} not found: attributes are None (only the 'attribute' CMAlign "
-                      f"mask needs them). Put Market-1501's market_attribute.mat there to enable them.")
-        attributes = None
-    return SampleTable(**table_columns, attributes=attributes, attribute_names=ATTRIBUTE_NAMES,
-                       root=str(root), name=DATASET_NAME)
+  mat_path = root / ATTRIBUTE_FILE
+  if mat_path.is_file():
+    attributes = read_attributes(mat_path, table_columns["pid"])
+  else:
+    warnings.warn(
+      f"{mat_path} not found: attributes are None (only the 'attribute' CMAlign "
+      f"mask needs them). Put Market-1501's market_attribute.mat there to enable them."
+    )
+    attributes = None
+  return SampleTable(
+    **table_columns,
+    attributes=attributes,
+    attribute_names=ATTRIBUTE_NAMES,
+    root=str(root),
+    name=DATASET_NAME,
+  )

@@ -50,8 +50,9 @@ class RankResult:
     """CMC at rank ``k`` (1-based)."""
     if not 1 <= k <= len(self.cmc):
       raise ValueError(
-          f"RankResult.rank: k={k} is outside 1..{len(self.cmc)} (the max_rank this result was "
-          "computed with); call evaluate_rank with a larger max_rank.")
+        f"RankResult.rank: k={k} is outside 1..{len(self.cmc)} (the max_rank this result was "
+        "computed with); call evaluate_rank with a larger max_rank."
+      )
     return float(self.cmc[k - 1])
 
   def to_dict(self, ranks: tuple[int, ...] = _DEFAULT_REPORT_RANKS) -> dict[str, float | int]:
@@ -67,8 +68,9 @@ def _as_1d(x, name: str, length: int, length_name: str) -> np.ndarray:
   arr = np.asarray(x)
   if arr.ndim != 1 or arr.shape[0] != length:
     raise ValueError(
-        f"evaluate_rank: {name} must be 1-D with one entry per {length_name} ({length}), got shape "
-        f"{arr.shape}; pass the ids in the same order as the distmat axis.")
+      f"evaluate_rank: {name} must be 1-D with one entry per {length_name} ({length}), got shape "
+      f"{arr.shape}; pass the ids in the same order as the distmat axis."
+    )
   return arr
 
 
@@ -82,8 +84,9 @@ def _segment_cumsum(values: np.ndarray, first: np.ndarray) -> np.ndarray:
   return total - before_segment
 
 
-def evaluate_rank(distmat, q_pids, g_pids, q_camids=None, g_camids=None,
-                  max_rank: int = 50) -> RankResult:
+def evaluate_rank(
+  distmat, q_pids, g_pids, q_camids=None, g_camids=None, max_rank: int = 50
+) -> RankResult:
   """CMC / mAP / mINP of a query × gallery distance matrix (smaller distance = better match).
 
   Args:
@@ -102,24 +105,27 @@ def evaluate_rank(distmat, q_pids, g_pids, q_camids=None, g_camids=None,
   distmat = np.asarray(distmat)
   if distmat.ndim != 2 or 0 in distmat.shape:
     raise ValueError(
-        f"evaluate_rank: distmat must be a non-empty 2-D (num_query, num_gallery) array, got shape "
-        f"{distmat.shape}.")
+      f"evaluate_rank: distmat must be a non-empty 2-D (num_query, num_gallery) array, got shape "
+      f"{distmat.shape}."
+    )
   if not np.issubdtype(distmat.dtype, np.number) or np.iscomplexobj(distmat):
     raise ValueError(f"evaluate_rank: distmat must be real-valued, got dtype {distmat.dtype}.")
   num_q, num_g = distmat.shape
   if np.isnan(distmat).any():
     bad = np.argwhere(np.isnan(distmat))
     raise ValueError(
-        f"evaluate_rank: distmat contains {len(bad)} NaN value(s) (first at query {bad[0, 0]}, "
-        f"gallery {bad[0, 1]}); NaN cannot be ranked — check the embeddings for NaN/inf.")
+      f"evaluate_rank: distmat contains {len(bad)} NaN value(s) (first at query {bad[0, 0]}, "
+      f"gallery {bad[0, 1]}); NaN cannot be ranked — check the embeddings for NaN/inf."
+    )
   if isinstance(max_rank, bool) or not isinstance(max_rank, (int, np.integer)) or max_rank < 1:
     raise ValueError(f"evaluate_rank: max_rank must be a positive int, got {max_rank!r}.")
   q_pids = _as_1d(q_pids, "q_pids", num_q, "distmat row (query)")
   g_pids = _as_1d(g_pids, "g_pids", num_g, "distmat column (gallery item)")
   if (q_camids is None) != (g_camids is None):
     raise ValueError(
-        "evaluate_rank: pass both q_camids and g_camids (same-pid same-camera removal) or neither "
-        "(no removal); got only one.")
+      "evaluate_rank: pass both q_camids and g_camids (same-pid same-camera removal) or neither "
+      "(no removal); got only one."
+    )
   use_cams = q_camids is not None
   if use_cams:
     q_camids = _as_1d(q_camids, "q_camids", num_q, "distmat row (query)")
@@ -143,9 +149,10 @@ def evaluate_rank(distmat, q_pids, g_pids, q_camids=None, g_camids=None,
   rows_k = rows[keep]
   if rows_k.size == 0:
     raise ValueError(
-        f"evaluate_rank: none of the {num_q} queries has a matching gallery item (same pid"
-        f"{', different camera' if use_cams else ''}); check that q_pids and g_pids use the same "
-        "identity labels and that the gallery contains the query identities.")
+      f"evaluate_rank: none of the {num_q} queries has a matching gallery item (same pid"
+      f"{', different camera' if use_cams else ''}); check that q_pids and g_pids use the same "
+      "identity labels and that the gallery contains the query identities."
+    )
   rank = (pos[keep] + 1 - removed_before[keep]).astype(np.float64)
   first_k = np.searchsorted(rows_k, rows_k, side="left")
   hits = _segment_cumsum(np.ones(rows_k.shape, np.int64), first_k).astype(np.float64)
@@ -163,12 +170,22 @@ def evaluate_rank(distmat, q_pids, g_pids, q_camids=None, g_camids=None,
 
   ks = np.arange(1, max_rank + 1)
   cmc = (first_rank[:, None] <= ks[None, :]).mean(axis=0)
-  return RankResult(cmc=cmc.astype(np.float64), mAP=float(ap.mean()), mINP=float(inp.mean()),
-                    num_valid_queries=num_valid)
+  return RankResult(
+    cmc=cmc.astype(np.float64),
+    mAP=float(ap.mean()),
+    mINP=float(inp.mean()),
+    num_valid_queries=num_valid,
+  )
 
 
-def pairwise_distance(q, g, metric: Literal["euclidean", "cosine"] = "euclidean", *,
-                      chunk_size: int = 1024, eps: float = 1e-12) -> np.ndarray:
+def pairwise_distance(
+  q,
+  g,
+  metric: Literal["euclidean", "cosine"] = "euclidean",
+  *,
+  chunk_size: int = 1024,
+  eps: float = 1e-12,
+) -> np.ndarray:
   """(Q, G) float32 distances between rows of ``q`` (Q, D) and ``g`` (G, D).
 
   ``euclidean``: sqrt(max(‖a‖² + ‖b‖² − 2 a·b, 0)); ``cosine``: 1 − cos(a, b) with norms clamped
@@ -179,8 +196,9 @@ def pairwise_distance(q, g, metric: Literal["euclidean", "cosine"] = "euclidean"
   g = np.asarray(g, dtype=np.float32)
   if q.ndim != 2 or g.ndim != 2 or q.shape[1] != g.shape[1]:
     raise ValueError(
-        f"pairwise_distance: q and g must be 2-D (num, dim) with the same dim, got {q.shape} and "
-        f"{g.shape}.")
+      f"pairwise_distance: q and g must be 2-D (num, dim) with the same dim, got {q.shape} and "
+      f"{g.shape}."
+    )
   if metric not in ("euclidean", "cosine"):
     raise ValueError(f"pairwise_distance: metric must be 'euclidean' or 'cosine', got {metric!r}.")
   if chunk_size < 1:
@@ -192,12 +210,12 @@ def pairwise_distance(q, g, metric: Literal["euclidean", "cosine"] = "euclidean"
   g_sq = np.einsum("ij,ij->i", g, g)
   out = np.empty((q.shape[0], g.shape[0]), np.float32)
   for start in range(0, q.shape[0], chunk_size):
-    block = q[start:start + chunk_size]
+    block = q[start : start + chunk_size]
     dots = block @ g_t
     if metric == "cosine":
-      out[start:start + chunk_size] = 1.0 - dots
+      out[start : start + chunk_size] = 1.0 - dots
     else:
       sq = np.einsum("ij,ij->i", block, block)[:, None] + g_sq[None, :] - 2.0 * dots
       # Cancellation can make the squared distance slightly negative.
-      np.sqrt(np.maximum(sq, 0.0), out=out[start:start + chunk_size])
+      np.sqrt(np.maximum(sq, 0.0), out=out[start : start + chunk_size])
   return out

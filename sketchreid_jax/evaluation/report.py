@@ -53,12 +53,15 @@ def _metrics_of(name: str, result: RankResult | Mapping[str, Any]) -> dict[str, 
   if isinstance(result, Mapping):
     return dict(result)
   raise TypeError(
-      f"results[{name!r}] must be a RankResult or a dict of metrics, got {type(result).__name__}.")
+    f"results[{name!r}] must be a RankResult or a dict of metrics, got {type(result).__name__}."
+  )
 
 
-def format_table(rows: Mapping[str, Mapping[str, float] | RankResult],
-                 columns: Sequence[str] = DEFAULT_COLUMNS,
-                 chance: Mapping[str, float] | None = None) -> str:
+def format_table(
+  rows: Mapping[str, Mapping[str, float] | RankResult],
+  columns: Sequence[str] = DEFAULT_COLUMNS,
+  chance: Mapping[str, float] | None = None,
+) -> str:
   """Markdown table, one row per protocol, metrics (fractions) shown as percentages (2 decimals).
 
   ``chance`` (same keys, e.g. from :func:`chance_levels`) adds a final row named "chance".
@@ -68,26 +71,37 @@ def format_table(rows: Mapping[str, Mapping[str, float] | RankResult],
     table_rows.append(("chance", dict(chance)))
   if not table_rows:
     raise ValueError("format_table: rows is empty; pass at least one protocol's metrics.")
-  lines = ["| protocol | " + " | ".join(columns) + " |",
-           "|---|" + "---:|" * len(columns)]
+  lines = ["| protocol | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
   for name, metrics in table_rows:
     missing = [c for c in columns if c not in metrics]
     if missing:
       raise KeyError(
-          f"format_table: row {name!r} has no {missing} (it has {sorted(metrics)}); compute those "
-          "metrics or pass columns= without them.")
-    lines.append(f"| {name} | " + " | ".join(f"{100.0 * float(metrics[c]):.2f}" for c in columns)
-                 + " |")
+        f"format_table: row {name!r} has no {missing} (it has {sorted(metrics)}); compute those "
+        "metrics or pass columns= without them."
+      )
+    lines.append(
+      f"| {name} | " + " | ".join(f"{100.0 * float(metrics[c]):.2f}" for c in columns) + " |"
+    )
   return "\n".join(lines) + "\n"
 
 
 def _log_comb(n: np.ndarray | int, k: np.ndarray | int) -> np.ndarray:
-  return gammaln(np.asarray(n) + 1.0) - gammaln(np.asarray(k) + 1.0) - gammaln(
-      np.asarray(n) - np.asarray(k) + 1.0)
+  return (
+    gammaln(np.asarray(n) + 1.0)
+    - gammaln(np.asarray(k) + 1.0)
+    - gammaln(np.asarray(n) - np.asarray(k) + 1.0)
+  )
 
 
-def chance_levels(q_pids, g_pids, ranks: Sequence[int] = DEFAULT_RANKS, *, q_camids=None,
-                  g_camids=None, max_rank: int = 50) -> dict[str, Any]:
+def chance_levels(
+  q_pids,
+  g_pids,
+  ranks: Sequence[int] = DEFAULT_RANKS,
+  *,
+  q_camids=None,
+  g_camids=None,
+  max_rank: int = 50,
+) -> dict[str, Any]:
   """Exact expected metrics of a uniformly random ranking for this query/gallery split.
 
   Returns ``{'mAP', 'mINP', 'R-k' for k in ranks, 'num_valid_queries', 'cmc'}``: floats in [0, 1],
@@ -98,8 +112,9 @@ def chance_levels(q_pids, g_pids, ranks: Sequence[int] = DEFAULT_RANKS, *, q_cam
   g_pids = np.asarray(g_pids)
   if q_pids.ndim != 1 or g_pids.ndim != 1 or g_pids.size == 0:
     raise ValueError(
-        f"chance_levels: q_pids and g_pids must be 1-D and the gallery non-empty, got shapes "
-        f"{q_pids.shape} and {g_pids.shape}.")
+      f"chance_levels: q_pids and g_pids must be 1-D and the gallery non-empty, got shapes "
+      f"{q_pids.shape} and {g_pids.shape}."
+    )
   if (q_camids is None) != (g_camids is None):
     raise ValueError("chance_levels: pass both q_camids and g_camids or neither.")
   if any(int(k) < 1 for k in ranks) or max_rank < 1:
@@ -110,8 +125,9 @@ def chance_levels(q_pids, g_pids, ranks: Sequence[int] = DEFAULT_RANKS, *, q_cam
     g_camids = np.asarray(g_camids)
     if q_camids.shape != q_pids.shape or g_camids.shape != g_pids.shape:
       raise ValueError(
-          f"chance_levels: camids must match the pids' shapes, got q {q_camids.shape} vs "
-          f"{q_pids.shape} and g {g_camids.shape} vs {g_pids.shape}.")
+        f"chance_levels: camids must match the pids' shapes, got q {q_camids.shape} vs "
+        f"{q_pids.shape} and g {g_camids.shape} vs {g_pids.shape}."
+      )
     removed = same_pid & (q_camids[:, None] == g_camids[None, :])
   else:
     removed = np.zeros_like(same_pid)
@@ -120,11 +136,13 @@ def chance_levels(q_pids, g_pids, ranks: Sequence[int] = DEFAULT_RANKS, *, q_cam
   valid = num_pos > 0
   if not valid.any():
     raise ValueError(
-        "chance_levels: no query has a matching gallery item; check that q_pids and g_pids use "
-        "the same identity labels.")
+      "chance_levels: no query has a matching gallery item; check that q_pids and g_pids use "
+      "the same identity labels."
+    )
   # Queries only differ through (G, m), and there are few distinct pairs.
-  pairs, counts = np.unique(np.stack([num_cand[valid], num_pos[valid]], axis=1), axis=0,
-                            return_counts=True)
+  pairs, counts = np.unique(
+    np.stack([num_cand[valid], num_pos[valid]], axis=1), axis=0, return_counts=True
+  )
   big_g = pairs[:, 0].astype(np.float64)[:, None]
   m = pairs[:, 1].astype(np.float64)[:, None]
   weights = counts / counts.sum()
@@ -154,8 +172,13 @@ def chance_levels(q_pids, g_pids, ranks: Sequence[int] = DEFAULT_RANKS, *, q_cam
   return out
 
 
-def plot_cmc(curves: Mapping[str, np.ndarray], path: str | os.PathLike, *,
-             chance: np.ndarray | None = None, title: str | None = None) -> str:
+def plot_cmc(
+  curves: Mapping[str, np.ndarray],
+  path: str | os.PathLike,
+  *,
+  chance: np.ndarray | None = None,
+  title: str | None = None,
+) -> str:
   """CMC curves (fractions, ranks 1..len) of several protocols in one PNG; chance dashed."""
   if not curves:
     raise ValueError("plot_cmc: curves is empty; pass {protocol name: cmc array}.")
@@ -166,12 +189,14 @@ def plot_cmc(curves: Mapping[str, np.ndarray], path: str | os.PathLike, *,
     curve = np.asarray(curve, dtype=np.float64)
     if curve.ndim != 1 or curve.size == 0:
       raise ValueError(
-          f"plot_cmc: curve {name!r} must be a non-empty 1-D array, got shape {curve.shape}.")
+        f"plot_cmc: curve {name!r} must be a non-empty 1-D array, got shape {curve.shape}."
+      )
     ax.plot(np.arange(1, curve.size + 1), 100.0 * curve, marker=".", label=name)
   if chance is not None:
     chance = np.asarray(chance, dtype=np.float64)
-    ax.plot(np.arange(1, chance.size + 1), 100.0 * chance, linestyle="--", color="gray",
-            label="chance")
+    ax.plot(
+      np.arange(1, chance.size + 1), 100.0 * chance, linestyle="--", color="gray", label="chance"
+    )
   ax.set_xlabel("rank")
   ax.set_ylabel("matching rate (%)")
   ax.set_ylim(0.0, 102.0)  # headroom so a curve at 100 % stays visible above the frame
@@ -191,14 +216,18 @@ def _jsonable(value: Any) -> Any:
   if isinstance(value, Path):
     return str(value)
   raise TypeError(
-      f"write_results: {type(value).__name__} value {value!r} is not JSON-serialisable; pass "
-      "numbers, strings, lists or dicts in results/chance/extra.")
+    f"write_results: {type(value).__name__} value {value!r} is not JSON-serialisable; pass "
+    "numbers, strings, lists or dicts in results/chance/extra."
+  )
 
 
-def write_results(workdir: str | os.PathLike,
-                  results: Mapping[str, RankResult | Mapping[str, Any]], *,
-                  chance: Mapping[str, Any] | None = None,
-                  extra: Mapping[str, Any] | None = None) -> dict[str, str]:
+def write_results(
+  workdir: str | os.PathLike,
+  results: Mapping[str, RankResult | Mapping[str, Any]],
+  *,
+  chance: Mapping[str, Any] | None = None,
+  extra: Mapping[str, Any] | None = None,
+) -> dict[str, str]:
   """Write results.json, results.csv, results.md and cmc.png into ``workdir``; return their paths.
 
   Each result is a ``RankResult`` or a dict of metrics holding a ``'cmc'`` array. ``chance`` is a
@@ -214,26 +243,33 @@ def write_results(workdir: str | os.PathLike,
     cmc = result.cmc if isinstance(result, RankResult) else metrics.pop("cmc", None)
     if cmc is None:
       raise ValueError(
-          f"write_results: results[{name!r}] has no CMC curve; pass the RankResult or add a 'cmc' "
-          "array to its dict.")
+        f"write_results: results[{name!r}] has no CMC curve; pass the RankResult or add a 'cmc' "
+        "array to its dict."
+      )
     curves[name] = np.asarray(cmc, dtype=np.float64)
     rows[name] = metrics
   chance_scalars = None if chance is None else {k: v for k, v in chance.items() if k != "cmc"}
 
   # Serialise before touching the disk so a bad value leaves no half-written report.
   payload = {
-      "results": {name: {**rows[name], "cmc": curves[name]} for name in rows},
-      "chance": None if chance is None else dict(chance),
-      "extra": None if extra is None else dict(extra),
+    "results": {name: {**rows[name], "cmc": curves[name]} for name in rows},
+    "chance": None if chance is None else dict(chance),
+    "extra": None if extra is None else dict(extra),
   }
   json_text = json.dumps(payload, indent=2, default=_jsonable)
   table = format_table(rows, chance=chance_scalars)
 
   out_dir = Path(workdir)
   out_dir.mkdir(parents=True, exist_ok=True)
-  paths = {key: str(out_dir / name) for key, name in
-           (("json", "results.json"), ("csv", "results.csv"), ("md", "results.md"),
-            ("png", "cmc.png"))}
+  paths = {
+    key: str(out_dir / name)
+    for key, name in (
+      ("json", "results.json"),
+      ("csv", "results.csv"),
+      ("md", "results.md"),
+      ("png", "cmc.png"),
+    )
+  }
   Path(paths["json"]).write_text(json_text)
   Path(paths["md"]).write_text(table)
 
@@ -246,8 +282,12 @@ def write_results(workdir: str | os.PathLike,
     for name, metrics in rows.items():
       writer.writerow({"protocol": name, **{k: _csv_value(v) for k, v in metrics.items()}})
 
-  plot_cmc(curves, paths["png"], chance=None if chance is None else chance.get("cmc"),
-           title=None if extra is None else extra.get("title"))
+  plot_cmc(
+    curves,
+    paths["png"],
+    chance=None if chance is None else chance.get("cmc"),
+    title=None if extra is None else extra.get("title"),
+  )
   return paths
 
 

@@ -25,7 +25,8 @@ __all__ = ["cosine_similarity", "euclidean_distance"]
 def _promote(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
   if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
     raise ValueError(
-        f"distance: a and b must be 2-D (num, dim) with the same dim, got {a.shape} and {b.shape}.")
+      f"distance: a and b must be 2-D (num, dim) with the same dim, got {a.shape} and {b.shape}."
+    )
   dtype = jnp.promote_types(jnp.result_type(a, b), jnp.float32)
   return a.astype(dtype), b.astype(dtype)
 
@@ -33,8 +34,11 @@ def _promote(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
 def euclidean_distance(a: jax.Array, b: jax.Array, eps: float = 1e-12) -> jax.Array:
   """(N, M) Euclidean distances between rows of a (N, D) and b (M, D); see module docstring."""
   a, b = _promote(jnp.asarray(a), jnp.asarray(b))
-  sq = (jnp.sum(a * a, axis=1)[:, None] + jnp.sum(b * b, axis=1)[None, :]
-        - 2.0 * jnp.matmul(a, b.T, precision=jax.lax.Precision.HIGHEST))
+  sq = (
+    jnp.sum(a * a, axis=1)[:, None]
+    + jnp.sum(b * b, axis=1)[None, :]
+    - 2.0 * jnp.matmul(a, b.T, precision=jax.lax.Precision.HIGHEST)
+  )
   return jnp.sqrt(jnp.maximum(sq, eps))
 
 

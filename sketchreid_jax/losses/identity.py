@@ -19,24 +19,28 @@ import jax.numpy as jnp
 __all__ = ["cross_entropy"]
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array, *,
-                  label_smoothing: float = 0.0) -> jax.Array:
+def cross_entropy(
+  logits: jax.Array, labels: jax.Array, *, label_smoothing: float = 0.0
+) -> jax.Array:
   """Mean cross-entropy of ``logits`` (N, C) against integer ``labels`` (N,), with smoothing ε."""
   logits = jnp.asarray(logits)
   labels = jnp.asarray(labels)
   if logits.ndim != 2 or labels.shape != logits.shape[:1]:
     raise ValueError(
-        f"cross_entropy: logits must be (N, C) and labels (N,), got {logits.shape} and "
-        f"{labels.shape}.")
+      f"cross_entropy: logits must be (N, C) and labels (N,), got {logits.shape} and "
+      f"{labels.shape}."
+    )
   if not jnp.issubdtype(labels.dtype, jnp.integer):
     raise ValueError(f"cross_entropy: labels must be integer class ids, got dtype {labels.dtype}.")
   if isinstance(label_smoothing, (int, float)) and not 0.0 <= label_smoothing < 1.0:
     raise ValueError(
-        f"cross_entropy: label_smoothing must be in [0, 1), got {label_smoothing} "
-        "(config.loss.label_smoothing).")
+      f"cross_entropy: label_smoothing must be in [0, 1), got {label_smoothing} "
+      "(config.loss.label_smoothing)."
+    )
   logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
   num_classes = logits.shape[1]
   log_probs = jax.nn.log_softmax(logits, axis=1)
-  targets = ((1.0 - label_smoothing) * jax.nn.one_hot(labels, num_classes, dtype=logits.dtype)
-             + label_smoothing / num_classes)
+  targets = (1.0 - label_smoothing) * jax.nn.one_hot(
+    labels, num_classes, dtype=logits.dtype
+  ) + label_smoothing / num_classes
   return -jnp.mean(jnp.sum(targets * log_probs, axis=1))

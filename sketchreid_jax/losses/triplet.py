@@ -46,11 +46,11 @@ __all__ = ["batch_hard_triplet", "wrt_triplet"]
 def _check(features: jax.Array, labels: jax.Array, fn: str) -> None:
   if features.ndim != 2 or labels.shape != features.shape[:1]:
     raise ValueError(
-        f"{fn}: features must be (N, D) and labels (N,), got {features.shape} and {labels.shape}.")
+      f"{fn}: features must be (N, D) and labels (N,), got {features.shape} and {labels.shape}."
+    )
 
 
-def _masked_softmax_weights(x: jax.Array, mask: jax.Array, *, shift: str,
-                            eps: float) -> jax.Array:
+def _masked_softmax_weights(x: jax.Array, mask: jax.Array, *, shift: str, eps: float) -> jax.Array:
   """Row-wise softmax of ``x`` restricted to ``mask``, with ``eps`` added to the denominator."""
   if shift == "set":
     row_max = jnp.max(jnp.where(mask, x, -jnp.inf), axis=1, keepdims=True)
@@ -65,9 +65,14 @@ def _masked_softmax_weights(x: jax.Array, mask: jax.Array, *, shift: str,
   return e / (jnp.sum(e, axis=1, keepdims=True) + eps)
 
 
-def wrt_triplet(features: jax.Array, labels: jax.Array, *,
-                shift: Literal["set", "reference"] = "set", weight_eps: float = 1e-6,
-                dist_eps: float = 1e-12) -> jax.Array:
+def wrt_triplet(
+  features: jax.Array,
+  labels: jax.Array,
+  *,
+  shift: Literal["set", "reference"] = "set",
+  weight_eps: float = 1e-6,
+  dist_eps: float = 1e-12,
+) -> jax.Array:
   """Weighted regularised triplet loss (AGW) over all N samples; equation in the module docstring.
 
   Args:
@@ -93,8 +98,9 @@ def wrt_triplet(features: jax.Array, labels: jax.Array, *,
   return jnp.mean(jax.nn.softplus(d_p - d_n))
 
 
-def batch_hard_triplet(features: jax.Array, labels: jax.Array, *, margin: float | None = 0.3,
-                       dist_eps: float = 1e-12) -> jax.Array:
+def batch_hard_triplet(
+  features: jax.Array, labels: jax.Array, *, margin: float | None = 0.3, dist_eps: float = 1e-12
+) -> jax.Array:
   """Batch-hard triplet loss (Hermans et al. 2017); ``margin=None`` selects the soft margin."""
   features = jnp.asarray(features)
   labels = jnp.asarray(labels)

@@ -15,8 +15,10 @@ import ml_collections
 # (config, num_classes, bn_axis_name) -> model
 ModelFn = Callable[[ml_collections.ConfigDict, int, str | None], nn.Module]
 # (outputs on the global batch, batch on the global batch, config) -> {term: (weight, value)}
-LossFn = Callable[[Mapping[str, jnp.ndarray], Mapping[str, jnp.ndarray], ml_collections.ConfigDict],
-                  dict[str, tuple[float, jnp.ndarray]]]
+LossFn = Callable[
+  [Mapping[str, jnp.ndarray], Mapping[str, jnp.ndarray], ml_collections.ConfigDict],
+  dict[str, tuple[float, jnp.ndarray]],
+]
 
 
 @dataclasses.dataclass(frozen=True)

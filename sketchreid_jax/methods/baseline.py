@@ -13,31 +13,41 @@ from sketchreid_jax.methods import Method, register
 
 def model_for(config, num_classes: int, bn_axis_name: str | None):
   return models.Baseline(
-      num_classes=num_classes,
-      width=config.model.width,
-      last_stride=config.model.last_stride,
-      gem_p=config.model.gem_p,
-      gem_learnable=config.model.gem_learnable,
-      bn_axis_name=bn_axis_name,
-      dtype=jnp.dtype(config.model.dtype),
+    num_classes=num_classes,
+    width=config.model.width,
+    last_stride=config.model.last_stride,
+    gem_p=config.model.gem_p,
+    gem_learnable=config.model.gem_learnable,
+    bn_axis_name=bn_axis_name,
+    dtype=jnp.dtype(config.model.dtype),
   )
+
+
+METRIC_LOSSES = {
+  'wrt': lambda feat, labels, config: losses.wrt_triplet(feat, labels),
+  'batch_hard': lambda feat, labels, config: losses.batch_hard_triplet(
+    feat, labels, margin=config.loss.triplet_margin
+  ),
+}
 
 
 def metric_loss(feat, labels, config):
   """The configured metric-learning term on pre-BN features (shared by the methods built on this)."""
-  if config.loss.metric == 'wrt':
-    return losses.wrt_triplet(feat, labels)
-  if config.loss.metric == 'batch_hard':
-    return losses.batch_hard_triplet(feat, labels, margin=config.loss.triplet_margin)
-  raise ValueError(f"config.loss.metric must be 'wrt' or 'batch_hard', got {config.loss.metric!r}")
+  if config.loss.metric not in METRIC_LOSSES:
+    raise ValueError(
+      f'config.loss.metric must be one of {sorted(METRIC_LOSSES)}, got {config.loss.metric!r}'
+    )
+  return METRIC_LOSSES[config.loss.metric](feat, labels, config)
 
 
 def losses_for(outputs, batch, config):
   labels = batch['label']
   return {
-      'id': (config.loss.id_weight, losses.cross_entropy(
-          outputs['logits'], labels, label_smoothing=config.loss.label_smoothing)),
-      'metric': (config.loss.metric_weight, metric_loss(outputs['feat'], labels, config)),
+    'id': (
+      config.loss.id_weight,
+      losses.cross_entropy(outputs['logits'], labels, label_smoothing=config.loss.label_smoothing),
+    ),
+    'metric': (config.loss.metric_weight, metric_loss(outputs['feat'], labels, config)),
   }
 
 

@@ -42,8 +42,10 @@ SKETCH = 1
 
 def _check_modality(modality: Any) -> int:
   if isinstance(modality, bool) or not isinstance(modality, int) or modality not in (PHOTO, SKETCH):
-    raise ValueError(f'modality must be the Python int {PHOTO} (photo) or {SKETCH} (sketch), '
-                     f'got {modality!r}; it selects a stem and must be static.')
+    raise ValueError(
+      f'modality must be the Python int {PHOTO} (photo) or {SKETCH} (sketch), '
+      f'got {modality!r}; it selects a stem and must be static.'
+    )
   return modality
 
 
@@ -64,30 +66,44 @@ class Baseline(nn.Module):
   classifier_init_std: float = 0.001
 
   def setup(self) -> None:
-    bn_kwargs = dict(bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
-                     bn_axis_name=self.bn_axis_name, dtype=self.dtype)
+    bn_kwargs = dict(
+      bn_momentum=self.bn_momentum,
+      bn_epsilon=self.bn_epsilon,
+      bn_axis_name=self.bn_axis_name,
+      dtype=self.dtype,
+    )
     self.photo_stem = ResNetStem(width=self.width, **bn_kwargs)
     self.sketch_stem = ResNetStem(width=self.width, **bn_kwargs)
-    layers = [ResNetStage(s.num_blocks, s.features, s.stride, **bn_kwargs)
-              for s in stage_specs(self.width, self.last_stride)]
+    layers = [
+      ResNetStage(s.num_blocks, s.features, s.stride, **bn_kwargs)
+      for s in stage_specs(self.width, self.last_stride)
+    ]
     self.layer1, self.layer2, self.layer3, self.layer4 = layers
     self.gem = GeM(p=self.gem_p, learnable=self.gem_learnable, eps=self.gem_eps)
     # Heads compute in float32 regardless of the backbone dtype (DESIGN.md §4).
-    self.bnneck = BNNeck(self.num_classes, bn_axis_name=self.bn_axis_name, dtype=jnp.float32,
-                         bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
-                         scale_init_std=self.neck_scale_init_std,
-                         classifier_init_std=self.classifier_init_std)
+    self.bnneck = BNNeck(
+      self.num_classes,
+      bn_axis_name=self.bn_axis_name,
+      dtype=jnp.float32,
+      bn_momentum=self.bn_momentum,
+      bn_epsilon=self.bn_epsilon,
+      scale_init_std=self.neck_scale_init_std,
+      classifier_init_std=self.classifier_init_std,
+    )
 
   def stem(self, x: Array, *, modality: int, train: bool) -> Array:
     """The modality-specific stem: 0 = photo, 1 = sketch."""
     stem = self.photo_stem if _check_modality(modality) == PHOTO else self.sketch_stem
     return stem(x, train=train)
 
-  def stages(self, x: Array, *, start: str = 'layer1', stop: str = 'layer4',
-             train: bool) -> Array:
+  def stages(self, x: Array, *, start: str = 'layer1', stop: str = 'layer4', train: bool) -> Array:
     """The shared stages from ``start`` to ``stop`` inclusive ('layer1'..'layer4')."""
-    named = {'layer1': self.layer1, 'layer2': self.layer2, 'layer3': self.layer3,
-             'layer4': self.layer4}
+    named = {
+      'layer1': self.layer1,
+      'layer2': self.layer2,
+      'layer3': self.layer3,
+      'layer4': self.layer4,
+    }
     return run_stages(named, x, start=start, stop=stop, train=train)
 
   def head(self, fmap: Array, *, train: bool) -> dict[str, Array]:
@@ -104,10 +120,16 @@ class Baseline(nn.Module):
     """
     if photos.ndim != 4 or photos.shape != sketches.shape:
       raise ValueError(
-          f'Baseline: photos and sketches must be NHWC batches of the same shape (N photos and '
-          f'N sketches, same image size), got {tuple(photos.shape)} and {tuple(sketches.shape)}.')
-    x = jnp.concatenate([self.stem(photos, modality=PHOTO, train=train),
-                         self.stem(sketches, modality=SKETCH, train=train)], axis=0)
+        f'Baseline: photos and sketches must be NHWC batches of the same shape (N photos and '
+        f'N sketches, same image size), got {tuple(photos.shape)} and {tuple(sketches.shape)}.'
+      )
+    x = jnp.concatenate(
+      [
+        self.stem(photos, modality=PHOTO, train=train),
+        self.stem(sketches, modality=SKETCH, train=train),
+      ],
+      axis=0,
+    )
     layer3 = self.stages(x, start='layer1', stop='layer3', train=train)
     layer4 = self.stages(layer3, start='layer4', stop='layer4', train=train)
     out = self.head(layer4, train=train)

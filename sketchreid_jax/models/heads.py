@@ -48,7 +48,7 @@ def gem_pool(x: Array, p: Array | float, *, eps: float) -> Array:
   """GeM of an NHWC map over H×W: (mean_{hw} clamp(x, eps)^p)^(1/p), computed in float32."""
   x = jnp.maximum(x.astype(jnp.float32), eps)
   p = jnp.asarray(p, jnp.float32)
-  return jnp.mean(x**p, axis=(1, 2))**(1.0 / p)
+  return jnp.mean(x**p, axis=(1, 2)) ** (1.0 / p)
 
 
 class GeM(nn.Module):
@@ -65,10 +65,14 @@ class GeM(nn.Module):
     if self.eps <= 0:
       raise ValueError(f'GeM: eps must be > 0 (it keeps x^(1/p) differentiable), got {self.eps}.')
     if self.p <= 0:
-      raise ValueError(f'GeM: p must be > 0 (1 = average pooling, 3 = the re-id default), '
-                       f'got {self.p}.')
-    p = (self.param('p', nn.initializers.constant(self.p), (1,), jnp.float32)
-         if self.learnable else self.p)
+      raise ValueError(
+        f'GeM: p must be > 0 (1 = average pooling, 3 = the re-id default), got {self.p}.'
+      )
+    p = (
+      self.param('p', nn.initializers.constant(self.p), (1,), jnp.float32)
+      if self.learnable
+      else self.p
+    )
     return gem_pool(x, p, eps=self.eps)
 
 
@@ -89,24 +93,30 @@ class BNNeck(nn.Module):
   @nn.compact
   def __call__(self, feat: Array, *, train: bool) -> tuple[Array, Array]:
     if not isinstance(self.num_classes, int) or self.num_classes < 1:
-      raise ValueError(f'BNNeck: num_classes must be a positive int (the number of training '
-                       f'identities), got {self.num_classes!r}.')
+      raise ValueError(
+        f'BNNeck: num_classes must be a positive int (the number of training '
+        f'identities), got {self.num_classes!r}.'
+      )
     if feat.ndim != 2:
-      raise ValueError(f'BNNeck: expected pooled features (N, D), got shape {tuple(feat.shape)}; '
-                       f'pool the feature map first (GeM).')
+      raise ValueError(
+        f'BNNeck: expected pooled features (N, D), got shape {tuple(feat.shape)}; '
+        f'pool the feature map first (GeM).'
+      )
     bn_feat = nn.BatchNorm(
-        use_running_average=not train,
-        momentum=self.bn_momentum,
-        epsilon=self.bn_epsilon,
-        dtype=self.dtype,
-        axis_name=self.bn_axis_name,
-        use_bias=False,
-        scale_init=normal_around(1.0, self.scale_init_std),
-        name='bn')(feat)
+      use_running_average=not train,
+      momentum=self.bn_momentum,
+      epsilon=self.bn_epsilon,
+      dtype=self.dtype,
+      axis_name=self.bn_axis_name,
+      use_bias=False,
+      scale_init=normal_around(1.0, self.scale_init_std),
+      name='bn',
+    )(feat)
     logits = nn.Dense(
-        self.num_classes,
-        use_bias=False,
-        dtype=self.dtype,
-        kernel_init=nn.initializers.normal(self.classifier_init_std),
-        name='classifier')(bn_feat)
+      self.num_classes,
+      use_bias=False,
+      dtype=self.dtype,
+      kernel_init=nn.initializers.normal(self.classifier_init_std),
+      name='classifier',
+    )(bn_feat)
     return bn_feat, logits.astype(jnp.float32)

@@ -103,12 +103,14 @@ def stage_specs(width: int = 64, last_stride: int = 1) -> tuple[StageSpec, ...]:
   _check_width(width, 'stage_specs')
   if last_stride not in (1, 2):
     raise ValueError(
-        f'stage_specs: last_stride must be 1 (re-id, layer4 keeps 18×9 at 288×144) or 2 '
-        f'(ImageNet ResNet-50), got {last_stride!r}.')
+      f'stage_specs: last_stride must be 1 (re-id, layer4 keeps 18×9 at 288×144) or 2 '
+      f'(ImageNet ResNet-50), got {last_stride!r}.'
+    )
   strides = (1, 2, 2, last_stride)
   return tuple(
-      StageSpec(name, blocks, width * 2**i, stride)
-      for i, (name, blocks, stride) in enumerate(zip(STAGE_NAMES, RESNET50_BLOCKS, strides)))
+    StageSpec(name, blocks, width * 2**i, stride)
+    for i, (name, blocks, stride) in enumerate(zip(STAGE_NAMES, RESNET50_BLOCKS, strides))
+  )
 
 
 def stage_range(start: str, stop: str) -> tuple[str, ...]:
@@ -118,40 +120,53 @@ def stage_range(start: str, stop: str) -> tuple[str, ...]:
       raise ValueError(f'{arg}={value!r} is not a stage name; use one of {STAGE_NAMES}.')
   i, j = STAGE_NAMES.index(start), STAGE_NAMES.index(stop)
   if i > j:
-    raise ValueError(f'start={start!r} comes after stop={stop!r}; stages run in order '
-                     f'{STAGE_NAMES}.')
-  return STAGE_NAMES[i:j + 1]
+    raise ValueError(
+      f'start={start!r} comes after stop={stop!r}; stages run in order {STAGE_NAMES}.'
+    )
+  return STAGE_NAMES[i : j + 1]
 
 
-def run_stages(stages: Mapping[str, Callable[..., Array]], x: Array, *, start: str, stop: str,
-               train: bool) -> Array:
+def run_stages(
+  stages: Mapping[str, Callable[..., Array]], x: Array, *, start: str, stop: str, train: bool
+) -> Array:
   """Apply the named stages ``start``..``stop`` (inclusive) in order."""
   for name in stage_range(start, stop):
     x = stages[name](x, train=train)
   return x
 
 
-def _batch_norm(name: str, *, train: bool, momentum: float, epsilon: float, dtype: Dtype,
-                axis_name: str | None, zero_scale: bool = False) -> nn.BatchNorm:
+def _batch_norm(
+  name: str,
+  *,
+  train: bool,
+  momentum: float,
+  epsilon: float,
+  dtype: Dtype,
+  axis_name: str | None,
+  zero_scale: bool = False,
+) -> nn.BatchNorm:
   return nn.BatchNorm(
-      use_running_average=not train,
-      momentum=momentum,
-      epsilon=epsilon,
-      dtype=dtype,
-      axis_name=axis_name,
-      scale_init=nn.initializers.zeros if zero_scale else nn.initializers.ones,
-      name=name)
+    use_running_average=not train,
+    momentum=momentum,
+    epsilon=epsilon,
+    dtype=dtype,
+    axis_name=axis_name,
+    scale_init=nn.initializers.zeros if zero_scale else nn.initializers.ones,
+    name=name,
+  )
 
 
 def _conv(features: int, kernel: int, stride: int, pad: int, name: str, dtype: Dtype) -> nn.Conv:
   return nn.Conv(
-      features, (kernel, kernel),
-      strides=(stride, stride),
-      padding=((pad, pad), (pad, pad)),
-      use_bias=False,
-      dtype=dtype,
-      kernel_init=conv_kernel_init,
-      name=name)
+    features,
+    (kernel, kernel),
+    strides=(stride, stride),
+    padding=((pad, pad), (pad, pad)),
+    use_bias=False,
+    dtype=dtype,
+    kernel_init=conv_kernel_init,
+    name=name,
+  )
 
 
 def _check_nhwc(x: Array, where: str) -> None:
@@ -178,12 +193,19 @@ class Bottleneck(nn.Module):
     out_features = self.features * self.expansion
     if not self.downsample and (self.strides != 1 or x.shape[-1] != out_features):
       raise ValueError(
-          f'Bottleneck: input has {x.shape[-1]} channels and strides={self.strides}, but the '
-          f'block outputs {out_features} channels without a downsample branch; pass '
-          f'downsample=True (torchvision adds it when the stride or channel count changes).')
+        f'Bottleneck: input has {x.shape[-1]} channels and strides={self.strides}, but the '
+        f'block outputs {out_features} channels without a downsample branch; pass '
+        f'downsample=True (torchvision adds it when the stride or channel count changes).'
+      )
     bn = lambda name, zero=False: _batch_norm(
-        name, train=train, momentum=self.bn_momentum, epsilon=self.bn_epsilon, dtype=self.dtype,
-        axis_name=self.bn_axis_name, zero_scale=zero)
+      name,
+      train=train,
+      momentum=self.bn_momentum,
+      epsilon=self.bn_epsilon,
+      dtype=self.dtype,
+      axis_name=self.bn_axis_name,
+      zero_scale=zero,
+    )
 
     residual = x
     y = _conv(self.features, 1, 1, 0, 'conv1', self.dtype)(x)
@@ -217,15 +239,16 @@ class ResNetStage(nn.Module):
       raise ValueError(f'ResNetStage: num_blocks must be >= 1, got {self.num_blocks}.')
     for i in range(self.num_blocks):
       x = Bottleneck(
-          self.features,
-          strides=self.strides if i == 0 else 1,
-          downsample=i == 0,
-          bn_momentum=self.bn_momentum,
-          bn_epsilon=self.bn_epsilon,
-          bn_axis_name=self.bn_axis_name,
-          zero_init_last_bn=self.zero_init_last_bn,
-          dtype=self.dtype,
-          name=str(i))(x, train=train)
+        self.features,
+        strides=self.strides if i == 0 else 1,
+        downsample=i == 0,
+        bn_momentum=self.bn_momentum,
+        bn_epsilon=self.bn_epsilon,
+        bn_axis_name=self.bn_axis_name,
+        zero_init_last_bn=self.zero_init_last_bn,
+        dtype=self.dtype,
+        name=str(i),
+      )(x, train=train)
     return x
 
 
@@ -243,8 +266,14 @@ class ResNetStem(nn.Module):
     _check_nhwc(x, 'ResNetStem')
     _check_width(self.width, 'ResNetStem')
     x = _conv(self.width, 7, 2, 3, 'conv1', self.dtype)(x)
-    x = _batch_norm('bn1', train=train, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-                    dtype=self.dtype, axis_name=self.bn_axis_name)(x)
+    x = _batch_norm(
+      'bn1',
+      train=train,
+      momentum=self.bn_momentum,
+      epsilon=self.bn_epsilon,
+      dtype=self.dtype,
+      axis_name=self.bn_axis_name,
+    )(x)
     x = nn.relu(x)
     # PyTorch pads MaxPool2d with -inf, so padding never wins the max (flax.max_pool does too).
     return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
@@ -268,34 +297,48 @@ class ResNet50(nn.Module):
   dtype: Dtype = jnp.float32
 
   def setup(self) -> None:
-    if self.num_classes is not None and (not isinstance(self.num_classes, int)
-                                         or self.num_classes < 1):
-      raise ValueError(f'ResNet50: num_classes must be None or a positive int, got '
-                       f'{self.num_classes!r}.')
-    bn_kwargs = dict(bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
-                     bn_axis_name=self.bn_axis_name, dtype=self.dtype)
+    if self.num_classes is not None and (
+      not isinstance(self.num_classes, int) or self.num_classes < 1
+    ):
+      raise ValueError(
+        f'ResNet50: num_classes must be None or a positive int, got {self.num_classes!r}.'
+      )
+    bn_kwargs = dict(
+      bn_momentum=self.bn_momentum,
+      bn_epsilon=self.bn_epsilon,
+      bn_axis_name=self.bn_axis_name,
+      dtype=self.dtype,
+    )
     self.stem_module = ResNetStem(width=self.width, **bn_kwargs)
     # Share scopes so the stem's conv1/bn1 sit at the top level, as torchvision names them.
     nn.share_scope(self, self.stem_module)
     specs = stage_specs(self.width, self.last_stride)
     layers = [
-        ResNetStage(s.num_blocks, s.features, s.stride, zero_init_last_bn=self.zero_init_last_bn,
-                    **bn_kwargs) for s in specs
+      ResNetStage(
+        s.num_blocks, s.features, s.stride, zero_init_last_bn=self.zero_init_last_bn, **bn_kwargs
+      )
+      for s in specs
     ]
     self.layer1, self.layer2, self.layer3, self.layer4 = layers
     if self.num_classes is not None:
       fan_in = specs[-1].features * BOTTLENECK_EXPANSION
-      self.fc = nn.Dense(self.num_classes, dtype=self.dtype,
-                         kernel_init=torch_linear_kernel_init(),
-                         bias_init=torch_linear_bias_init(fan_in))
+      self.fc = nn.Dense(
+        self.num_classes,
+        dtype=self.dtype,
+        kernel_init=torch_linear_kernel_init(),
+        bias_init=torch_linear_bias_init(fan_in),
+      )
 
   def stem(self, x: Array, *, train: bool) -> Array:
     return self.stem_module(x, train=train)
 
-  def stages(self, x: Array, *, start: str = 'layer1', stop: str = 'layer4',
-             train: bool) -> Array:
-    named = {'layer1': self.layer1, 'layer2': self.layer2, 'layer3': self.layer3,
-             'layer4': self.layer4}
+  def stages(self, x: Array, *, start: str = 'layer1', stop: str = 'layer4', train: bool) -> Array:
+    named = {
+      'layer1': self.layer1,
+      'layer2': self.layer2,
+      'layer3': self.layer3,
+      'layer4': self.layer4,
+    }
     return run_stages(named, x, start=start, stop=stop, train=train)
 
   def __call__(self, x: Array, *, train: bool) -> Array:
