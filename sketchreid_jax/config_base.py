@@ -15,13 +15,12 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict()
   c.data.dataset = 'market_sketch'  # key of sketchreid_jax.datasets.DATASETS
-  c.data.root = (
-    'data/synthetic/market_sketch'  # the dataset folder (real or synthetic, same layout)
-  )
+  # The dataset folder (real or synthetic, same layout).
+  c.data.root = 'data/synthetic/market_sketch'
   c.data.cache_dir = ''  # TFDS build cache; '' = ~/.cache/sketchreid_jax/tfds
-  c.data.train_styles = (
-    'ABCDEF'  # artist styles (S1..S6 = A..F) whose sketches are used for training
-  )
+  c.data.pku_trial = 0  # PKU-Sketch: which random 150/50 identity split (protocol: 0..9)
+  c.data.pku_split_seed = 0  # PKU-Sketch: seed of the trial splits; (seed, trial) fixes one
+  c.data.train_styles = 'ABCDEF'  # artist styles (S1..S6 = A..F) whose sketches train
   c.data.test_styles = 'ABCDEF'  # artist styles whose sketches are the queries
   c.data.image_size = (288, 144)  # (H, W)
   c.data.pad = 10  # zero padding before the random crop
@@ -29,6 +28,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.random_erasing = 0.0  # probability; off in the MM'23 baseline, on (0.5) in CMDSL's text
   c.data.prefetch = 2  # batches prefetched by tf.data and to the device
   c.data.threads = 0  # tf.data thread-pool size; 0 = TF's default (all cores)
+  c.data.attribute_noise = 0  # CMDSL Table 7: corrupt this many of the 27 attributes per identity
 
   c.sampler = ml_collections.ConfigDict()
   c.sampler.P = 8  # identities per batch
@@ -40,9 +40,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.gem_p = 3.0
   c.model.gem_learnable = False  # fixed p = 3 in the baseline
   c.model.dtype = 'float32'  # computation dtype ('bfloat16' for mixed precision)
-  c.model.init_checkpoint = (
-    ''  # converted ImageNet weights (tools.convert_weights); '' = from scratch
-  )
+  # Converted ImageNet weights (tools.convert_weights); '' = from scratch.
+  c.model.init_checkpoint = ''
+  c.model.ffam_stages = ()  # CMDSL: stages followed by an FFAM, e.g. ('layer1', ..., 'layer4')
+  c.model.ffam_reduction = 16  # FFAM channel-attention reduction r (Eq. 3)
 
   c.loss = ml_collections.ConfigDict()
   c.loss.id_weight = 1.0  # identity cross-entropy on the BNNeck logits
@@ -50,6 +51,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.metric = 'wrt'  # 'wrt' (weighted regularised triplet) or 'batch_hard'
   c.loss.metric_weight = 1.0
   c.loss.triplet_margin = 0.3  # batch-hard margin (unused by WRT, which has none)
+  c.loss.rtcl_weight = 0.0  # λ2 of CMDSL Eq. 13 (0.9 in the paper); 0 = off
+  c.loss.cmalign_ic_weight = 0.0  # λ1 on L_ic (CMDSL: 0.5; the released MM'23 code: 0)
+  c.loss.cmalign_dt_weight = 0.0  # λ1 on L_dt (0.5 in both)
+  c.loss.cmalign_layers = ('layer3', 'layer4')  # maps aligned by CMAlign
+  c.loss.cmalign_temperature = 50.0  # softmax temperature of the dense correspondence
+  c.loss.cmalign_margin = 0.3  # L_dt margin
+  c.loss.cmalign_mask = 'norm'  # 'norm' (feature-norm mask) or 'attribute' (MM'23 attribute map)
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = 'sgd'  # 'sgd' (the papers: Nesterov momentum) or 'adamw' (from-scratch runs)

@@ -9,6 +9,7 @@ Workdir contents: ``config.json``, ``train_meta.json`` (label ↔ identity map, 
 evaluation ``results.{json,csv,md}`` and ``cmc.png``.
 """
 
+import dataclasses
 import functools
 import json
 import logging
@@ -29,6 +30,7 @@ from flax.training import train_state
 from tqdm.auto import tqdm
 
 from sketchreid_jax import datasets
+from sketchreid_jax.datasets import attributes as attributes_lib
 from sketchreid_jax import evaluate as evaluate_lib
 from sketchreid_jax import input_pipeline
 from sketchreid_jax import parallel
@@ -131,6 +133,9 @@ def train_step(state: TrainState, batch: dict, *, model, method: Method, config)
   photos, sketches = batch['image'][:half], batch['image'][half:]
   global_batch = {k: parallel.all_gather(batch[k]) for k in ('label', 'modality')}
   rng = jax.random.fold_in(jax.random.key(config.seed), state.step)
+  # Each device draws its own randomness (e.g. CMAlign's pairing) for its own rows.
+  device_rng = jax.random.fold_in(rng, jax.lax.axis_index(parallel.AXIS))
+  model_kwargs = {k: batch[k] for k in method.model_inputs if k in batch}
 
   def loss_fn(params):
     outputs, mutated = model.apply(
@@ -139,7 +144,8 @@ def train_step(state: TrainState, batch: dict, *, model, method: Method, config)
       sketches,
       train=True,
       mutable=['batch_stats'],
-      rngs={'dropout': rng},
+      rngs={'dropout': device_rng, 'cmalign': device_rng},
+      **model_kwargs,
     )
     outputs = dict(outputs)
     for key in method.global_outputs:
@@ -217,10 +223,30 @@ def _prefetch(iterator: Iterator, put, size: int) -> Iterator:
 def load_data(config):
   table = datasets.load(config.data)
   train_set = input_pipeline.make_train_set(table, config.data.train_styles)
+  if config.data.attribute_noise:
+    if train_set.attributes is None:
+      raise ValueError(
+        f'config.data.attribute_noise={config.data.attribute_noise} but {config.data.root} has no '
+        'attributes (market_attribute.mat); set it to 0.'
+      )
+    train_set = dataclasses.replace(
+      train_set,
+      attributes=attributes_lib.corrupt_attributes(
+        train_set.attributes, config.data.attribute_noise, config.seed
+      ),
+    )
   return table, train_set
 
 
 # ----------------------------------------------------------------------------- the loop
+
+
+def _host_batch(batch: dict, train_set, method: Method) -> dict[str, np.ndarray]:
+  """The arrays the step needs from a pipeline batch (attributes looked up per row if wanted)."""
+  out = {k: batch[k] for k in ('image', 'label', 'modality')}
+  if 'attributes' in method.model_inputs and train_set.attributes is not None:
+    out['attributes'] = train_set.attributes[batch['label']].astype(np.int32)
+  return out
 
 
 def _write_meta(workdir, config, train_set, steps_per_epoch):
@@ -306,7 +332,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       threads=config.data.threads,
       process_index=host,
     )
-    put = lambda b: launcher.put_batch({k: b[k][perm] for k in ('image', 'label', 'modality')})
+    put = lambda b: launcher.put_batch(
+      {k: v[perm] for k, v in _host_batch(b, train_set, method).items()}
+    )
     bar = tqdm(
       total=steps_per_epoch,
       initial=first,

@@ -32,3 +32,13 @@ def tiny_market(tmp_path_factory):
 @pytest.fixture(scope='session')
 def tfds_cache(tmp_path_factory):
   return str(tmp_path_factory.mktemp('tfds_cache'))
+
+
+@pytest.fixture(scope='session')
+def tiny_pku(tmp_path_factory):
+  """Root of a tiny synthetic PKU-Sketch layout (the generator's 'tiny' preset)."""
+  from sketchreid_jax.datasets import synthetic
+
+  root = tmp_path_factory.mktemp('synthetic_pku') / 'pku_sketch'
+  synthetic.generate_pku_sketch(str(root), **synthetic.PRESETS['tiny']['pku'])
+  return str(root)

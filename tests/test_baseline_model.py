@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from sketchreid_jax.models import PHOTO, SKETCH, Baseline, BNNeck, GeM
+from tests.variables import numpy_variables
 
 WIDTH, CLASSES, N, H, W = 8, 5, 2, 64, 32
 EPS = 1e-5
@@ -19,30 +20,6 @@ def rbg_key(seed: int) -> jax.Array:
 
 def randn(shape, seed: int = 0) -> np.ndarray:
   return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
-
-
-def numpy_variables(model, *args, seed: int = 0, **kwargs):
-  """Variables with the shapes ``model.init`` creates, filled by numpy (a real init of the whole
-  two-stream ResNet costs many seconds of PRNG compilation). Non-trivial BN statistics/affines;
-  kernels with std 1/sqrt(fan_in) keep activations O(1)."""
-  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), *args, **kwargs))
-  rng = np.random.default_rng(seed)
-
-  def fill(path, leaf):
-    name = path[-1].key
-    if name == 'var':
-      value = rng.uniform(0.5, 2.0, leaf.shape)
-    elif name in ('mean', 'bias'):
-      value = 0.3 * rng.normal(size=leaf.shape)
-    elif name == 'scale':
-      value = rng.uniform(0.5, 1.5, leaf.shape)
-    elif name == 'p':
-      value = np.full(leaf.shape, 3.0)
-    else:
-      value = rng.normal(size=leaf.shape) / np.sqrt(np.prod(leaf.shape[:-1]))
-    return jnp.asarray(value, leaf.dtype)
-
-  return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
 def numpy_gem(x: np.ndarray, p: float, eps: float = 1e-6) -> np.ndarray:

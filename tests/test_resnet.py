@@ -13,6 +13,7 @@ from sketchreid_jax.models.resnet import (
   ResNetStem,
   stage_specs,
 )
+from tests.variables import numpy_variables
 
 EPS = 1e-5
 # sum(p.numel() for p in torchvision.models.resnet50().parameters())
@@ -27,29 +28,6 @@ def rbg_key(seed: int) -> jax.Array:
 
 def randn(shape, seed: int = 0) -> jax.Array:
   return jnp.asarray(np.random.default_rng(seed).normal(size=shape), jnp.float32)
-
-
-def numpy_variables(model, *args, seed: int = 0, **kwargs):
-  """Variables with the shapes ``model.init`` would create, filled by numpy (no jax PRNG compile:
-  a real ResNet init costs ~10 s of compilation on a small CPU). BN statistics/affines are
-  non-trivial so eval-mode BatchNorm is really exercised; kernels have std 1/sqrt(fan_in) so
-  activations stay O(1) through 50 layers."""
-  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), *args, **kwargs))
-  rng = np.random.default_rng(seed)
-
-  def fill(path, leaf):
-    name = path[-1].key
-    if name == 'var':
-      value = rng.uniform(0.5, 2.0, leaf.shape)
-    elif name in ('mean', 'bias'):
-      value = 0.3 * rng.normal(size=leaf.shape)
-    elif name == 'scale':
-      value = rng.uniform(0.5, 1.5, leaf.shape)
-    else:  # conv/dense kernels: fan_in = all axes but the last (HWIO / (in, out))
-      value = rng.normal(size=leaf.shape) / np.sqrt(np.prod(leaf.shape[:-1]))
-    return jnp.asarray(value, leaf.dtype)
-
-  return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
 def torch_out_size(size: int, kernel: int, stride: int, pad: int) -> int:

@@ -13,8 +13,20 @@ def _market_sketch(data_config):
   return market_sketch.load_market_sketch(data_config.root, cache_dir=data_config.cache_dir or None)
 
 
+def _pku_sketch(data_config):
+  from sketchreid_jax.datasets import pku_sketch  # TF/TFDS import is slow: load on use
+
+  return pku_sketch.load_pku_sketch(
+    data_config.root,
+    cache_dir=data_config.cache_dir or None,
+    trial=data_config.pku_trial,
+    split_seed=data_config.pku_split_seed,
+  )
+
+
 DATASETS: dict[str, Callable] = {
   'market_sketch': _market_sketch,
+  'pku_sketch': _pku_sketch,
 }
 
 

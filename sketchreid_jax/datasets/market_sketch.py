@@ -22,40 +22,39 @@ Interpretations chosen:
 - The TFDS examples keep the original encoded bytes (``Tensor(shape=(), dtype=tf.string)``), so the
   stored JPEG is bit-identical to the file. Attributes are per identity, not per example, so they
   are read from the .mat by the loader, not stored in TFDS.
-- The build cache lives in ``<cache_dir>/<fingerprint>/``; the fingerprint is the sha1 of the
-  absolute root and the sorted (relative path, size, mtime_ns) of the image files, so editing or
-  regenerating the data rebuilds and two datasets never share a cache. Old fingerprints are not
-  deleted (a cache folder may be shared by several datasets).
+- The build cache lives in ``<cache_dir>/<fingerprint>/`` (``tfds_cache``); the fingerprint
+  covers the absolute root and the sorted (relative path, size, mtime_ns) of the image files, so
+  editing or regenerating the data rebuilds and two datasets never share a cache.
 - Table rows are sorted by (split, modality, style, path), independent of TFDS's shuffled record
   order, so row indices (and therefore seeded sampling plans) are stable across rebuilds.
 - Attribute codes are stored 0-based (code - 1), in the order of ``ATTRIBUTE_NAMES``; identities
   absent from the .mat get a row of -1; without the .mat, ``attributes`` is None (one warning).
 """
 
-import contextlib
 import dataclasses
-import hashlib
-import inspect
-import logging
 import os
 import re
 import warnings
 from pathlib import Path
-from typing import Iterator
 
 from sketchreid_jax.datasets.attributes import MARKET_ATTRIBUTE_NAMES  # noqa: E402
-from sketchreid_jax.tf_setup import tf  # noqa: E402  (hides GPUs from TF first)
+from sketchreid_jax import tf_setup  # noqa: E402,F401  (hides GPUs from TF before TFDS loads it)
 
 import numpy as np  # noqa: E402
 import scipy.io  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
-from absl import logging as absl_logging  # noqa: E402
-from etils import epath  # noqa: E402
 
 from sketchreid_jax.datasets.table import (
   MODALITY_PHOTO,
   MODALITY_SKETCH,  # noqa: E402
   SampleTable,
+)
+from sketchreid_jax.datasets.tfds_cache import (  # noqa: E402  (fingerprinted cache, shared)
+  LocalCodePath,
+  cache_data_dir,
+  image_table_features,
+  quiet_tfds,
+  read_split,
 )
 
 STYLES: tuple[str, ...] = ("A", "B", "C", "D", "E", "F")
@@ -63,7 +62,6 @@ SPLITS: tuple[str, ...] = ("train", "query")
 IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png")
 ATTRIBUTE_FILE = "market_attribute.mat"
 ATTRIBUTE_NAMES = MARKET_ATTRIBUTE_NAMES
-DEFAULT_CACHE_DIR = "~/.cache/sketchreid_jax/tfds"
 DATASET_NAME = "market_sketch_1k"
 
 _PID_RE = re.compile(r"^(\d{4})")
@@ -172,17 +170,7 @@ def scan_layout(root: str | os.PathLike) -> list[ImageRecord]:
   return records
 
 
-def fingerprint(root: str | os.PathLike, records: list[ImageRecord]) -> str:
-  """sha1 of the absolute root and the sorted (relative path, size, mtime_ns) of the images."""
-  root = Path(root).expanduser().resolve()
-  digest = hashlib.sha1(str(root).encode())
-  for rel in sorted(r.path for r in records):
-    stat = (root / rel).stat()
-    digest.update(f"\0{rel}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
-  return digest.hexdigest()
-
-
-class MarketSketch1K(tfds.core.GeneratorBasedBuilder):
+class MarketSketch1K(LocalCodePath, tfds.core.GeneratorBasedBuilder):
   """Market-Sketch-1K photos and sketches as raw encoded bytes with identity/style/camera labels."""
 
   name = DATASET_NAME
@@ -196,27 +184,11 @@ class MarketSketch1K(tfds.core.GeneratorBasedBuilder):
     Market-1501 attributes). Point --config.data.root (or tfds manual_dir) at that folder.
     """
 
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls) -> epath.Path:
-    # TFDS 4.9's default resolves the package through `importlib_resources`, which is only a
-    # dependency on Python < 3.9 and so may be absent; this is its own fallback result.
-    return epath.Path(inspect.getfile(cls))
-
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
       description="Sketch-based person re-identification: hand-drawn sketches in six artist "
       "styles (A-F) and Market-1501 photos.",
-      features=tfds.features.FeaturesDict(
-        {
-          "image": tfds.features.Tensor(shape=(), dtype=tf.string),
-          "pid": tfds.features.Scalar(dtype=tf.int32),
-          "modality": tfds.features.Scalar(dtype=tf.int32, doc="0 photo, 1 sketch"),
-          "style": tfds.features.Text(doc="'' for photos, A..F for sketches"),
-          "camid": tfds.features.Scalar(dtype=tf.int32, doc="camera (1..6), 0 for sketches"),
-          "path": tfds.features.Text(doc="path relative to the dataset root"),
-        }
-      ),
+      features=image_table_features(styles="A..F", cameras="1..6"),
       supervised_keys=None,
       homepage="https://github.com/Lin-Kayla/subjectivity-sketch-reid",
     )
@@ -242,26 +214,6 @@ class MarketSketch1K(tfds.core.GeneratorBasedBuilder):
           "path": record.path,
         },
       )
-
-
-@contextlib.contextmanager
-def _quiet_tfds() -> Iterator[None]:
-  """Lowers absl/TF logging to warnings and hides TFDS progress bars, restoring them afterwards."""
-  tqdm_utils = tfds.core.utils.tqdm_utils
-  previous = (
-    absl_logging.get_verbosity(),
-    tf.get_logger().level,
-    getattr(tqdm_utils, "_active", True),
-  )
-  absl_logging.set_verbosity(absl_logging.WARNING)
-  tf.get_logger().setLevel(logging.WARNING)
-  tfds.display_progress_bar(False)
-  try:
-    yield
-  finally:
-    absl_logging.set_verbosity(previous[0])
-    tf.get_logger().setLevel(previous[1])
-    tfds.display_progress_bar(previous[2])
 
 
 def read_attributes(path: str | os.PathLike, pids: np.ndarray) -> dict[int, np.ndarray]:
@@ -332,19 +284,6 @@ def read_attributes(path: str | os.PathLike, pids: np.ndarray) -> dict[int, np.n
   return {int(p): known.get(int(p), missing).copy() for p in np.unique(pids)}
 
 
-def _read_split(builder: tfds.core.DatasetBuilder, split: str, batch: int) -> dict[str, list]:
-  out: dict[str, list] = {k: [] for k in ("image", "pid", "modality", "style", "camid", "path")}
-  ds = builder.as_dataset(split=split, shuffle_files=False).batch(batch)
-  for chunk in tfds.as_numpy(ds):
-    for key in out:
-      values = chunk[key]
-      if key in ("style", "path"):
-        values = [v.decode("utf-8") for v in values]
-      out[key].extend(values)
-  out["split"] = [split] * len(out["pid"])
-  return out
-
-
 def load_market_sketch(
   root: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None, read_batch: int = 1024
 ) -> SampleTable:
@@ -358,13 +297,13 @@ def load_market_sketch(
   """
   root = Path(root).expanduser().resolve()
   records = scan_layout(root)
-  data_dir = Path(cache_dir or DEFAULT_CACHE_DIR).expanduser() / fingerprint(root, records)
-  with _quiet_tfds():
+  data_dir = cache_data_dir(cache_dir, root, [r.path for r in records])
+  with quiet_tfds():
     builder = MarketSketch1K(data_dir=str(data_dir))
     builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir=str(root), try_download_gcs=False)
     )
-    parts = [_read_split(builder, split, read_batch) for split in SPLITS]
+    parts = [read_split(builder, split, read_batch) for split in SPLITS]
   columns = {k: [v for part in parts for v in part[k]] for k in parts[0]}
   if len(columns["pid"]) != len(records):
     raise RuntimeError(

@@ -29,6 +29,9 @@ class Method:
   # Model outputs the losses need over the global batch (all-gathered across devices); the rest
   # (e.g. feature maps) stay per device.
   global_outputs: tuple[str, ...] = ('feat', 'logits')
+  # Batch keys passed to the model as keyword arguments (this device's rows), e.g. the labels that
+  # CMAlign pairs by; 'attributes' is supplied when the dataset has them.
+  model_inputs: tuple[str, ...] = ()
 
 
 METHODS: dict[str, Method] = {}
@@ -48,4 +51,4 @@ def get_method(name: str) -> Method:
 
 
 # Registration happens on import; keep this list in sync with the method modules.
-from sketchreid_jax.methods import baseline  # noqa: E402,F401
+from sketchreid_jax.methods import baseline, cmdsl  # noqa: E402,F401

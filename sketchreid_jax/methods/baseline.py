@@ -11,6 +11,10 @@ from sketchreid_jax import models
 from sketchreid_jax.methods import Method, register
 
 
+def dtype_of(config):
+  return jnp.dtype(config.model.dtype)
+
+
 def model_for(config, num_classes: int, bn_axis_name: str | None):
   return models.Baseline(
     num_classes=num_classes,
@@ -19,7 +23,7 @@ def model_for(config, num_classes: int, bn_axis_name: str | None):
     gem_p=config.model.gem_p,
     gem_learnable=config.model.gem_learnable,
     bn_axis_name=bn_axis_name,
-    dtype=jnp.dtype(config.model.dtype),
+    dtype=dtype_of(config),
   )
 
 

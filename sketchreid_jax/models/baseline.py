@@ -21,9 +21,12 @@ Interpretations chosen:
   ``bnneck/{bn,classifier}``.
 
 Building blocks for later methods (CMDSL's CMAlign pushes reconstructed layer-3 maps through
-``stages(start='layer4', stop='layer4')`` and ``head``): ``stem``, ``stages``, ``head``.
+``stages(start='layer4', stop='layer4')`` and ``head``): ``stem``, ``stages``, ``head``, and the
+``post_stage(name, x, *, train)`` hook that ``stages`` applies after every shared stage (the
+identity here; CMDSL puts an FFAM there).
 """
 
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -96,14 +99,29 @@ class Baseline(nn.Module):
     stem = self.photo_stem if _check_modality(modality) == PHOTO else self.sketch_stem
     return stem(x, train=train)
 
+  def post_stage(self, name: str, x: Array, *, train: bool) -> Array:
+    """Applied to the output of every shared stage; the identity here.
+
+    Subclasses insert per-stage modules through it (CMDSL's FFAM), so ``stages`` with any
+    ``start``/``stop`` and the ``maps`` of ``__call__`` see them.
+    """
+    del name, train
+    return x
+
   def stages(self, x: Array, *, start: str = 'layer1', stop: str = 'layer4', train: bool) -> Array:
-    """The shared stages from ``start`` to ``stop`` inclusive ('layer1'..'layer4')."""
-    named = {
+    """The shared stages from ``start`` to ``stop`` inclusive ('layer1'..'layer4'), each
+    followed by ``post_stage``."""
+    layers = {
       'layer1': self.layer1,
       'layer2': self.layer2,
       'layer3': self.layer3,
       'layer4': self.layer4,
     }
+
+    def then_post(name: str, layer: ResNetStage) -> Callable[..., Array]:
+      return lambda y, *, train: self.post_stage(name, layer(y, train=train), train=train)
+
+    named = {name: then_post(name, layer) for name, layer in layers.items()}
     return run_stages(named, x, start=start, stop=stop, train=train)
 
   def head(self, fmap: Array, *, train: bool) -> dict[str, Array]:

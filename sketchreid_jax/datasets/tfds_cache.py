@@ -1,0 +1,109 @@
+"""TFDS plumbing every manual_dir reader shares: fingerprinted build cache, quiet build, reading.
+
+Market-Sketch-1K and PKU-Sketch (DESIGN §2, §5, §6) both build a TFDS copy of a local folder once
+and read it back into a ``SampleTable``; this module holds the dataset-independent parts.
+
+Interpretations chosen:
+- The build cache lives in ``<cache_dir>/<fingerprint>/``; the fingerprint is the sha1 of the
+  absolute root and the sorted (relative path, size, mtime_ns) of the files the reader consumes,
+  so editing or regenerating the data rebuilds and two datasets never share a cache. Old
+  fingerprints are not deleted (a cache folder may be shared by several datasets).
+- Reading returns every feature of the split as Python lists, text features decoded to ``str``,
+  plus a ``split`` column naming the TFDS split the row came from.
+"""
+
+import contextlib
+import hashlib
+import inspect
+import logging
+import os
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from sketchreid_jax.tf_setup import tf  # noqa: E402  (hides GPUs from TF first)
+
+import tensorflow_datasets as tfds  # noqa: E402
+from absl import logging as absl_logging  # noqa: E402
+from etils import epath  # noqa: E402
+
+DEFAULT_CACHE_DIR = "~/.cache/sketchreid_jax/tfds"
+
+
+def fingerprint(root: str | os.PathLike, rel_paths: Iterable[str]) -> str:
+  """sha1 of the absolute root and the sorted (relative path, size, mtime_ns) of ``rel_paths``."""
+  root = Path(root).expanduser().resolve()
+  digest = hashlib.sha1(str(root).encode())
+  for rel in sorted(rel_paths):
+    stat = (root / rel).stat()
+    digest.update(f"\0{rel}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
+  return digest.hexdigest()
+
+
+def cache_data_dir(
+  cache_dir: str | os.PathLike | None, root: str | os.PathLike, rel_paths: Iterable[str]
+) -> Path:
+  """``<cache_dir or DEFAULT_CACHE_DIR>/<fingerprint(root, rel_paths)>``: one TFDS data_dir."""
+  return Path(cache_dir or DEFAULT_CACHE_DIR).expanduser() / fingerprint(root, rel_paths)
+
+
+class LocalCodePath:
+  """Mixin for builders: ``code_path`` from the defining file.
+
+  TFDS 4.9's default resolves the package through ``importlib_resources``, which is only a
+  dependency on Python < 3.9 and so may be absent; this is its own fallback result.
+  """
+
+  @tfds.core.utils.classproperty
+  @classmethod
+  def code_path(cls) -> epath.Path:
+    return epath.Path(inspect.getfile(cls))
+
+
+@contextlib.contextmanager
+def quiet_tfds() -> Iterator[None]:
+  """Lowers absl/TF logging to warnings and hides TFDS progress bars, restoring them afterwards."""
+  tqdm_utils = tfds.core.utils.tqdm_utils
+  previous = (
+    absl_logging.get_verbosity(),
+    tf.get_logger().level,
+    getattr(tqdm_utils, "_active", True),
+  )
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  tf.get_logger().setLevel(logging.WARNING)
+  tfds.display_progress_bar(False)
+  try:
+    yield
+  finally:
+    absl_logging.set_verbosity(previous[0])
+    tf.get_logger().setLevel(previous[1])
+    tfds.display_progress_bar(previous[2])
+
+
+def read_split(builder: tfds.core.DatasetBuilder, split: str, batch: int) -> dict[str, list]:
+  """Every feature of ``split`` as lists (text decoded), in file order, plus ``split``."""
+  features = builder.info.features
+  text_keys = {k for k, f in features.items() if isinstance(f, tfds.features.Text)}
+  out: dict[str, list] = {k: [] for k in features.keys()}
+  ds = builder.as_dataset(split=split, shuffle_files=False).batch(batch)
+  for chunk in tfds.as_numpy(ds):
+    for key in out:
+      values = chunk[key]
+      if key in text_keys:
+        values = [v.decode("utf-8") for v in values]
+      out[key].extend(values)
+  out["split"] = [split] * len(next(iter(out.values()), []))
+  return out
+
+
+def image_table_features(*, styles: str, cameras: str) -> "tfds.features.FeaturesDict":
+  """The per-image example schema every reader stores: raw bytes (no re-encoding) + identity."""
+  return tfds.features.FeaturesDict(
+    {
+      "image": tfds.features.Tensor(shape=(), dtype=tf.string),
+      "pid": tfds.features.Scalar(dtype=tf.int32),
+      "modality": tfds.features.Scalar(dtype=tf.int32, doc="0 photo, 1 sketch"),
+      "style": tfds.features.Text(doc=f"'' for photos, {styles} for sketches"),
+      "camid": tfds.features.Scalar(dtype=tf.int32, doc=f"camera ({cameras}), 0 for sketches"),
+      "path": tfds.features.Text(doc="path relative to the dataset root"),
+    }
+  )
