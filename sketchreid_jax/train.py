@@ -144,7 +144,10 @@ def train_step(state: TrainState, batch: dict, *, model, method: Method, config)
       sketches,
       train=True,
       mutable=['batch_stats'],
-      rngs={'dropout': device_rng, 'cmalign': device_rng},
+      rngs={
+        'dropout': jax.random.fold_in(device_rng, 0),
+        'cmalign': jax.random.fold_in(device_rng, 1),
+      },
       **model_kwargs,
     )
     outputs = dict(outputs)
