@@ -14,7 +14,8 @@ Presets (the part after ':'); Market presets use seed 0, PKU seed 42 (the paper'
   market_mq            Table 3 (M): all six artists, multi-query (the default)
   pku                  Table 4: PKU-Sketch, one 150/50 trial (--config.data.pku_trial=0..9)
   mm23_baseline        the MM'23 baseline as released: CMAlign with L_ic weight 0, no FFAM, no RTCL
-  ablation_baseline    Table 6 row 1 (= mm23_baseline, multi-query)
+  ablation_baseline    Table 6 row 1: Eq. 13 without FFAM and RTCL (L_ic kept at λ1 like the
+                       other rows, so the four rows differ only in FFAM and RTCL)
   ablation_ffam        Table 6 row 2: + FFAM
   ablation_rtcl        Table 6 row 3: + RTCL
   ablation_full        Table 6 row 4: + FFAM + RTCL (= market_mq)
@@ -68,7 +69,7 @@ PRESETS = {
     'loss.cmalign_mask': 'norm',
   },
   'mm23_baseline': {**ALL_STYLES_MQ, **MM23},
-  'ablation_baseline': {**ALL_STYLES_MQ, **MM23},
+  'ablation_baseline': {**ALL_STYLES_MQ, **NO_FFAM, **NO_RTCL},
   'ablation_ffam': {**ALL_STYLES_MQ, **NO_RTCL},
   'ablation_rtcl': {**ALL_STYLES_MQ, **NO_FFAM},
   'ablation_full': ALL_STYLES_MQ,
