@@ -52,6 +52,7 @@ from sketchreid_jax.datasets.table import (
 from sketchreid_jax.datasets.tfds_cache import (  # noqa: E402  (fingerprinted cache, shared)
   LocalCodePath,
   cache_data_dir,
+  image_examples,
   image_table_features,
   quiet_tfds,
   read_split,
@@ -202,18 +203,7 @@ class MarketSketch1K(LocalCodePath, tfds.core.GeneratorBasedBuilder):
     }
 
   def _generate_examples(self, root: Path, records: list[ImageRecord]):
-    for record in records:
-      yield (
-        record.path,
-        {
-          "image": (root / record.path).read_bytes(),
-          "pid": record.pid,
-          "modality": record.modality,
-          "style": record.style,
-          "camid": record.camid,
-          "path": record.path,
-        },
-      )
+    return image_examples(root, records)
 
 
 def read_attributes(path: str | os.PathLike, pids: np.ndarray) -> dict[int, np.ndarray]:

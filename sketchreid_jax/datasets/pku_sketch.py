@@ -59,6 +59,7 @@ from sketchreid_jax.datasets.table import (  # noqa: E402
 from sketchreid_jax.datasets.tfds_cache import (  # noqa: E402  (fingerprinted cache, shared)
   LocalCodePath,
   cache_data_dir,
+  image_examples,
   image_table_features,
   quiet_tfds,
   read_split,
@@ -358,18 +359,7 @@ class PKUSketch(LocalCodePath, tfds.core.GeneratorBasedBuilder):
     }
 
   def _generate_examples(self, root: Path, records: list[ImageRecord]):
-    for record in records:
-      yield (
-        record.path,
-        {
-          "image": (root / record.path).read_bytes(),
-          "pid": record.pid,
-          "modality": record.modality,
-          "style": record.style,
-          "camid": record.camid,
-          "path": record.path,
-        },
-      )
+    return image_examples(root, records)
 
 
 def load_pku_sketch(

@@ -107,3 +107,20 @@ def image_table_features(*, styles: str, cameras: str) -> "tfds.features.Feature
       "path": tfds.features.Text(doc="path relative to the dataset root"),
     }
   )
+
+
+def image_examples(root: Path, records) -> Iterator[tuple[str, dict]]:
+  """TFDS examples for records with ``path``, ``pid``, ``modality``, ``style`` and ``camid``: the
+  file's raw bytes, keyed by its relative path."""
+  for record in records:
+    yield (
+      record.path,
+      {
+        "image": (root / record.path).read_bytes(),
+        "pid": record.pid,
+        "modality": record.modality,
+        "style": record.style,
+        "camid": record.camid,
+        "path": record.path,
+      },
+    )
