@@ -29,6 +29,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.prefetch = 2  # batches prefetched by tf.data and to the device
   c.data.threads = 0  # tf.data thread-pool size; 0 = TF's default (all cores)
   c.data.attribute_noise = 0  # CMDSL Table 7: corrupt this many of the 27 attributes per identity
+  # DALNet's foreground masks (DESIGN §4 "DAG"): 'none' | 'precomputed' (read
+  # <root>/masks/<mask_set>/..., made by tools.precompute_masks) | 'u2net' (run the frozen U²-Net
+  # in the step; needs model.u2net_weights) | 'auto' ('precomputed' when <root>/masks/<mask_set>
+  # exists, else 'none' with a warning).
+  c.data.mask_source = 'none'
+  c.data.mask_set = 'u2netp'  # which U²-Net made (or makes) the masks: 'u2netp' or 'u2net'
 
   c.sampler = ml_collections.ConfigDict()
   c.sampler.P = 8  # identities per batch
@@ -44,6 +50,18 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.init_checkpoint = ''
   c.model.ffam_stages = ()  # CMDSL: stages followed by an FFAM, e.g. ('layer1', ..., 'layer4')
   c.model.ffam_reduction = 16  # FFAM channel-attention reduction r (Eq. 3)
+  # DALNet (seed 003). Tables 1–2 ablate these.
+  c.model.use_aux = True  # the DAG auxiliary modality and its stream
+  c.model.use_mia = True  # Modality Interactive Attention (BAM + ACA), training only
+  c.model.mia_reduction = 16  # BAM bottleneck C -> C/r (the seed's r was lost; SE-style 16)
+  c.model.dag_trainable = True  # Table 2: the DAG's 3×3 edge kernel trains (False = frozen)
+  c.model.dag_center = 9.0  # initial edge kernel: centre
+  c.model.dag_neighbour = -0.8  # initial edge kernel: the eight neighbours
+  c.model.num_private_stages = 2  # per-modality stem + layer1..layerN; the rest is shared
+  # Converted U²-Net weights for data.mask_source='u2net' ('' = pretrained/<data.mask_set>.msgpack,
+  # made by tools.convert_weights) and the frozen net's input size (official: 320×320).
+  c.model.u2net_weights = ''
+  c.model.u2net_size = (320, 320)
 
   c.loss = ml_collections.ConfigDict()
   c.loss.id_weight = 1.0  # identity cross-entropy on the BNNeck logits
@@ -58,6 +76,20 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.cmalign_temperature = 50.0  # softmax temperature of the dense correspondence
   c.loss.cmalign_margin = 0.3  # L_dt margin
   c.loss.cmalign_mask = 'norm'  # 'norm' (feature-norm mask) or 'attribute' (MM'23 attribute map)
+  # DALNet losses. The seed lost its weight values; each term defaults to 1 (the text calls the
+  # total "the sum" of the terms). Circle m and γ: Sun et al.'s defaults (DESIGN §4).
+  c.loss.mia_id_weight = 1.0  # identity CE on the two MIA outputs (the seed's second L_id part)
+  c.loss.circle_cross_weight = (
+    0.0  # cross-modal circle over (photo,sketch),(photo,aux),(aux,sketch)
+  )
+  c.loss.circle_intra_weight = 0.0  # intra-modal circle (pre/post-MIA positives, hard negatives)
+  c.loss.circle_margin = 0.25  # m
+  c.loss.circle_gamma = 64.0  # γ
+  c.loss.circle_hard_negatives = (
+    1  # intra-modal: hardest other-identity samples per anchor; 0 = all
+  )
+  c.loss.style_weight = 0.0  # style refinement InfoNCE (DAG kernels + aux stream only)
+  c.loss.style_temperature = 0.07  # τ (the seed's experimental details)
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = 'sgd'  # 'sgd' (the papers: Nesterov momentum) or 'adamw' (from-scratch runs)

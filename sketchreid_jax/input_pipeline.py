@@ -349,13 +349,23 @@ def example_seed(
 # --------------------------------------------------------------------------- iterators
 
 
-def _image_bank(table: SampleTable, rows: np.ndarray) -> tuple[tf.Tensor, np.ndarray]:
+def _image_bank(
+  table: SampleTable, rows: np.ndarray, column: np.ndarray | None = None
+) -> tuple[tf.Tensor, np.ndarray]:
   """The encoded bytes of the distinct ``rows`` as one string tensor + each row's position in it.
 
+  ``column`` (default ``table.image``) is any per-row bytes column, e.g. precomputed masks.
   Only the rows this epoch needs are held, and they come from memory: no file is read again.
   """
+  column = table.image if column is None else column
   unique, local = np.unique(rows, return_inverse=True)
-  return tf.constant(table.image[unique].tolist(), dtype=tf.string), local.reshape(rows.shape)
+  return tf.constant(column[unique].tolist(), dtype=tf.string), local.reshape(rows.shape)
+
+
+def decode_mask(encoded: tf.Tensor) -> tf.Tensor:
+  """Encoded greyscale PNG bytes -> float32 (h, w, 1) in [0, 1]."""
+  mask = tf.io.decode_png(encoded, channels=1)
+  return tf.cast(mask, tf.float32) / PIXEL_MAX
 
 
 def _check_rows(table: SampleTable, rows: np.ndarray, argument: str) -> None:
@@ -396,12 +406,17 @@ def train_iterator(
   erasing_aspect: tuple[float, float] = (0.3, 3.3),
   erasing_attempts: int = 10,
   threads: int = 0,
+  masks: np.ndarray | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
   """Augmented batches for steps ``start_step..`` of ``plan`` (this host's (steps, p, 2, K) plan).
 
   Yields ``{'image': float32 (B, H, W, 3), 'label': int32 (B,), 'modality': int32 (B,),
   'index': int32 (B,)}`` with B = 2·p·K in the [photos | sketches] layout of the module doc.
   ``process_index`` only decorrelates the augmentation of different hosts.
+
+  ``masks`` ((len(table),) PNG bytes per photo row, from ``datasets.masks.load_masks``) adds
+  ``'mask': float32 (B, H, W, 1)`` in [0, 1]: each photo's mask resized, cropped and flipped with
+  it (not erased: random erasing is a photometric change of the image); sketch rows get ones.
   """
   plan = np.asarray(plan)
   if plan.ndim != 4 or plan.shape[2] != 2:
@@ -431,6 +446,19 @@ def train_iterator(
       "plan from pk_plan/host_slice unchanged."
     )
   bank, local = _image_bank(table, rows)
+  if masks is not None:
+    if len(masks) != len(table):
+      raise ValueError(
+        f"train_iterator: masks has {len(masks)} entries for a table of {len(table)} rows; "
+        "build it with datasets.masks.load_masks(table, ...)."
+      )
+    photo_rows = rows[:, : batch // 2]
+    if not all(masks[r] for r in np.unique(photo_rows)):
+      raise ValueError(
+        "train_iterator: masks lacks some photo rows of this plan; load_masks must be given "
+        "every training photo row."
+      )
+    mask_bank, _ = _image_bank(table, rows, masks)
   step_ids = np.repeat(np.arange(start_step, steps, dtype=np.int64)[:, None], batch, axis=1)
   positions = np.broadcast_to(np.arange(batch, dtype=np.int64), rows.shape)
   slices = {
@@ -447,7 +475,27 @@ def train_iterator(
     key = example_seed(seed, epoch, example["step"], process_index, example["position"])
     geometry_seed, erase_seed = tf.unstack(tf.random.experimental.stateless_split(key, 2))
     image = decode_rgb(tf.gather(bank, example["local"]))
-    image = geometric_augment(image, geometry_seed, image_size=image_size, pad=pad, flip=flip)
+    if masks is not None:
+      is_photo = tf.equal(example["modality"], MODALITY_PHOTO)
+      mask = tf.cond(
+        is_photo,
+        lambda: decode_mask(tf.gather(mask_bank, example["local"])),
+        lambda: tf.ones_like(image[..., :1]),
+      )
+      mask = tf.ensure_shape(mask, [None, None, 1])
+      # A mask written at another size than its photo still lines up after the resize below.
+      mask = tf.image.resize(mask, tf.shape(image)[:2], method="bilinear")
+      stack = geometric_augment(
+        tf.concat([image, mask], axis=-1),
+        geometry_seed,
+        image_size=image_size,
+        pad=pad,
+        flip=flip,
+      )
+      image, mask = stack[..., :3], stack[..., 3:]
+      mask = tf.where(is_photo, mask, tf.ones_like(mask))  # padding must not mask a sketch
+    else:
+      image = geometric_augment(image, geometry_seed, image_size=image_size, pad=pad, flip=flip)
     image = normalize(image)
     image = random_erase(
       image,
@@ -457,12 +505,15 @@ def train_iterator(
       aspect=erasing_aspect,
       attempts=erasing_attempts,
     )
-    return {
+    out = {
       "image": image,
       "label": example["label"],
       "modality": example["modality"],
       "index": example["index"],
     }
+    if masks is not None:
+      out["mask"] = mask
+    return out
 
   ds = tf.data.Dataset.from_tensor_slices(slices).map(load, num_parallel_calls=tf.data.AUTOTUNE)
   yield from _finish(ds, batch, prefetch, threads).as_numpy_iterator()

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from sketchreid_jax import datasets
 from sketchreid_jax.datasets import attributes as attributes_lib
+from sketchreid_jax.datasets import masks as masks_lib
 from sketchreid_jax import evaluate as evaluate_lib
 from sketchreid_jax import input_pipeline
 from sketchreid_jax import parallel
@@ -41,6 +42,8 @@ log = logging.getLogger(__name__)
 
 class TrainState(train_state.TrainState):
   batch_stats: Any = None
+  # Variables of frozen networks the step runs (``Method.frozen_for``); never updated or saved.
+  frozen: Any = None
 
 
 # ----------------------------------------------------------------------------- optimiser
@@ -107,7 +110,7 @@ def make_optimizer(config, steps_per_epoch: int, params) -> optax.GradientTransf
   )
 
 
-def create_train_state(config, model, steps_per_epoch: int, rng) -> TrainState:
+def create_train_state(config, model, steps_per_epoch: int, rng, frozen=None) -> TrainState:
   h, w = config.data.image_size
   dummy = jnp.zeros((1, h, w, 3), jnp.float32)
   variables = jax.jit(functools.partial(model.init, train=False))(rng, dummy, dummy)
@@ -117,6 +120,7 @@ def create_train_state(config, model, steps_per_epoch: int, rng) -> TrainState:
     params=params,
     batch_stats=variables.get('batch_stats', {}),
     tx=make_optimizer(config, steps_per_epoch, params),
+    frozen=frozen,
   )
 
 
@@ -129,6 +133,8 @@ def train_step(state: TrainState, batch: dict, *, model, method: Method, config)
   Collectives over ``parallel.AXIS``: the losses see the all-gathered global batch, gradients and
   metrics are averaged, BatchNorm statistics are synchronised inside the model.
   """
+  if method.prepare is not None:
+    batch = method.prepare(dict(batch), state.frozen, config)
   half = batch['image'].shape[0] // 2
   photos, sketches = batch['image'][:half], batch['image'][half:]
   global_batch = {k: parallel.all_gather(batch[k]) for k in ('label', 'modality')}
@@ -152,7 +158,8 @@ def train_step(state: TrainState, batch: dict, *, model, method: Method, config)
     )
     outputs = dict(outputs)
     for key in method.global_outputs:
-      outputs[key] = parallel.all_gather(outputs[key])
+      if key in outputs:  # an ablation may not compute every output
+        outputs[key] = jax.tree.map(parallel.all_gather, outputs[key])
     terms = method.losses_for(outputs, global_batch, config)
     total = sum(weight * value for weight, value in terms.values())
     metrics = {f'loss/{name}': value for name, (_, value) in terms.items()}
@@ -224,8 +231,14 @@ def _prefetch(iterator: Iterator, put, size: int) -> Iterator:
 
 
 def load_data(config):
+  """(table, train set, precomputed masks or None) for ``config.data``."""
   table = datasets.load(config.data)
   train_set = input_pipeline.make_train_set(table, config.data.train_styles)
+  masks = None
+  if masks_lib.resolve_mask_source(config.data) == 'precomputed':
+    masks = masks_lib.load_masks(
+      table, np.concatenate(train_set.photo_index_by_label), config.data.mask_set
+    )
   if config.data.attribute_noise:
     if train_set.attributes is None:
       raise ValueError(
@@ -238,7 +251,7 @@ def load_data(config):
         train_set.attributes, config.data.attribute_noise, config.seed
       ),
     )
-  return table, train_set
+  return table, train_set, masks
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -247,6 +260,8 @@ def load_data(config):
 def _host_batch(batch: dict, train_set, method: Method) -> dict[str, np.ndarray]:
   """The arrays the step needs from a pipeline batch (attributes looked up per row if wanted)."""
   out = {k: batch[k] for k in ('image', 'label', 'modality')}
+  if 'mask' in batch and 'mask' in method.model_inputs:
+    out['mask'] = batch['mask']
   if 'attributes' in method.model_inputs and train_set.attributes is not None:
     out['attributes'] = train_set.attributes[batch['label']].astype(np.int32)
   return out
@@ -277,7 +292,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains ``config.method`` and evaluates it; returns the last evaluation's results by protocol."""
   os.makedirs(workdir, exist_ok=True)
   method = get_method(config.method)
-  table, train_set = load_data(config)
+  table, train_set, masks = load_data(config)
   P, K = config.sampler.P, config.sampler.K
   steps_per_epoch = input_pipeline.steps_per_epoch(train_set, P, K)
   num_hosts, host = jax.process_count(), jax.process_index()
@@ -285,7 +300,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   model = method.model_for(config, train_set.num_classes, parallel.AXIS)
   eval_model = method.model_for(config, train_set.num_classes, None)
-  state = create_train_state(config, model, steps_per_epoch, jax.random.key(config.seed))
+  frozen = method.frozen_for(config) if method.frozen_for else None
+  state = create_train_state(
+    config, model, steps_per_epoch, jax.random.key(config.seed), frozen=frozen
+  )
   latest_mgr, best_mgr = _checkpoint_managers(workdir, config)
   state = restore_latest(latest_mgr, state)
   start = int(state.step)
@@ -334,6 +352,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       prefetch=config.data.prefetch,
       threads=config.data.threads,
       process_index=host,
+      masks=masks,
     )
     put = lambda b: launcher.put_batch(
       {k: v[perm] for k, v in _host_batch(b, train_set, method).items()}

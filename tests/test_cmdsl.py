@@ -1,7 +1,6 @@
 """CMDSL wiring (Eq. 13): one step of the full model lowers the loss; each ablation computes
 exactly its terms; attribute noise corrupts what it says; every preset trains on the tiny set."""
 
-import functools
 import os
 
 import jax
@@ -9,10 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sketchreid_jax import parallel, train
+from sketchreid_jax import train
 from sketchreid_jax.config_base import load_config
 from sketchreid_jax.datasets.attributes import NUM_VALUES, corrupt_attributes
 from sketchreid_jax.methods import get_method
+from tests import steps
 from tests.conftest import REPO
 
 TINY = dict(model__width=8, data__image_size=(32, 16), sampler__P=4, sampler__K=2)
@@ -23,40 +23,17 @@ def _tiny(preset, **extra):
 
 
 def _batch(config, num_classes=6, seed=0):
-  rng = np.random.default_rng(seed)
-  P, K = config.sampler.P, config.sampler.K
-  h, w = config.data.image_size
-  ids = rng.choice(num_classes, P, replace=False)
-  labels = np.concatenate([np.repeat(ids, K), np.repeat(ids, K)]).astype(np.int32)
-  return {
-    'image': rng.normal(size=(2 * P * K, h, w, 3)).astype(np.float32),
-    'label': labels,
-    'modality': np.repeat([0, 1], P * K).astype(np.int32),
-    'attributes': rng.integers(0, 2, size=(2 * P * K, 27)).astype(np.int32),
-  }
-
-
-def _one_step(config, batch, num_classes=6):
-  method = get_method(config.method)
-  model = method.model_for(config, num_classes, parallel.AXIS)
-  state = train.create_train_state(config, model, 10, jax.random.key(0))
-  launcher = parallel.make_launcher(
-    functools.partial(train.train_step, model=model, method=method, config=config)
-  )
-  state = launcher.put_state(state)
-  device_batch = launcher.put_batch(batch)
-  state, before = launcher.step(state, device_batch)
-  # The same batch again (same rng: the step folds in the step number, so fix it back).
-  state = state.replace(step=state.step * 0)
-  _, after = launcher.step(state, device_batch)
-  return jax.device_get(before), jax.device_get(after)
+  batch = steps.pk_batch(config, num_classes, seed)
+  rng = np.random.default_rng(seed + 1)
+  batch['attributes'] = rng.integers(0, 2, size=(len(batch['label']), 27)).astype(np.int32)
+  return batch
 
 
 def test_one_step_of_full_cmdsl_lowers_the_loss():
   # At random init the un-normalised embeddings are large and the Euclidean metric terms give
   # gradient norms of ~1e3, so a first-order decrease needs a step of lr·‖g‖ ≈ 0.01.
   config = _tiny('market_mq', optim__lr=1e-5, schedule__warmup_epochs=1, data__image_size=(64, 32))
-  before, after = _one_step(config, _batch(config))
+  before, after = steps.one_step_twice(config, _batch(config))
   expected = {'loss', 'loss/id', 'loss/metric', 'loss/rtcl', 'loss/cmalign_dt', 'loss/cmalign_ic'}
   assert expected <= set(before)
   assert all(np.isfinite(v) for v in before.values())

@@ -6,7 +6,7 @@ A method is registered once, in its own module, with :func:`register`. ``train.p
 """
 
 import dataclasses
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -19,6 +19,10 @@ LossFn = Callable[
   [Mapping[str, jnp.ndarray], Mapping[str, jnp.ndarray], ml_collections.ConfigDict],
   dict[str, tuple[float, jnp.ndarray]],
 ]
+# config -> frozen variables the step needs (e.g. a frozen U²-Net), or None
+FrozenFn = Callable[[ml_collections.ConfigDict], Any]
+# (this device's batch, frozen variables, config) -> batch, inside the step before the model
+PrepareFn = Callable[[dict, Any, ml_collections.ConfigDict], dict]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +36,10 @@ class Method:
   # Batch keys passed to the model as keyword arguments (this device's rows), e.g. the labels that
   # CMAlign pairs by; 'attributes' is supplied when the dataset has them.
   model_inputs: tuple[str, ...] = ()
+  # Frozen networks (not trained, not checkpointed): loaded once by ``frozen_for`` and handed to
+  # ``prepare``, which may add inputs to the batch inside the compiled step (DALNet's U²-Net masks).
+  frozen_for: FrozenFn | None = None
+  prepare: PrepareFn | None = None
 
 
 METHODS: dict[str, Method] = {}
@@ -51,4 +59,4 @@ def get_method(name: str) -> Method:
 
 
 # Registration happens on import; keep this list in sync with the method modules.
-from sketchreid_jax.methods import baseline, cmdsl  # noqa: E402,F401
+from sketchreid_jax.methods import baseline, cmdsl, dalnet  # noqa: E402,F401

@@ -15,16 +15,22 @@ def dtype_of(config):
   return jnp.dtype(config.model.dtype)
 
 
-def model_for(config, num_classes: int, bn_axis_name: str | None):
-  return models.Baseline(
+def backbone_kwargs(config, num_classes: int, bn_axis_name: str | None) -> dict:
+  """The model arguments every method shares: classes, ResNet width and stride, GeM, BN sync."""
+  m = config.model
+  return dict(
     num_classes=num_classes,
-    width=config.model.width,
-    last_stride=config.model.last_stride,
-    gem_p=config.model.gem_p,
-    gem_learnable=config.model.gem_learnable,
+    width=m.width,
+    last_stride=m.last_stride,
+    gem_p=m.gem_p,
+    gem_learnable=m.gem_learnable,
     bn_axis_name=bn_axis_name,
     dtype=dtype_of(config),
   )
+
+
+def model_for(config, num_classes: int, bn_axis_name: str | None):
+  return models.Baseline(**backbone_kwargs(config, num_classes, bn_axis_name))
 
 
 METRIC_LOSSES = {

@@ -22,13 +22,7 @@ def _uses_cmalign(config) -> bool:
 def model_for(config, num_classes: int, bn_axis_name: str | None):
   m = config.model
   return models.CMDSL(
-    num_classes=num_classes,
-    width=m.width,
-    last_stride=m.last_stride,
-    gem_p=m.gem_p,
-    gem_learnable=m.gem_learnable,
-    bn_axis_name=bn_axis_name,
-    dtype=baseline.dtype_of(config),
+    **baseline.backbone_kwargs(config, num_classes, bn_axis_name),
     ffam_stages=tuple(m.ffam_stages),
     ffam_reduction=m.ffam_reduction,
     cmalign_layers=tuple(config.loss.cmalign_layers) if _uses_cmalign(config) else (),

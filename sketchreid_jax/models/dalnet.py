@@ -1,0 +1,240 @@
+"""DALNet: a three-stream ResNet-50 with the Dynamic Auxiliary Generator and MIA (seed 003).
+
+Implements DALNet's §2 ("Dynamic Auxiliary Generator", "Feature Extraction", "Modality Interactive
+Attention") as fixed in DESIGN.md §4 "DAG" and "Three streams". The maths lives in ``dag.py``,
+``mia.py``, ``resnet.py`` and ``heads.py``; this module only assembles them.
+
+Interpretations chosen:
+
+* Streams. Photo, auxiliary and sketch each have their own stem + layer1 + layer2
+  (``photo_stream``, ``aux_stream``, ``sketch_stream``); layer3 and layer4 are shared and see the
+  concatenation [photo | aux | sketch], so the shared BatchNorm statistics mix the three modalities
+  (as the baseline's shared stages mix two).
+* The auxiliary image of photo i is DAG(photo i, mask i), so row i of the aux stream has photo i's
+  identity. The batch layout [photos | sketches] pairs photo i with sketch i of the same identity
+  (input_pipeline's module doc), which is how MIA pairs (X_photo_i, A_i) and (X_sketch_i, A_i).
+* The foreground ``mask`` arrives with the batch, one (H, W, 1) map per row of [photos | sketches]
+  (sketch rows are ignored): precomputed by the frozen U²-Net, computed in the step by the frozen
+  U²-Net, or absent (no masking) — DESIGN §4's three mask sources. The U²-Net is not a submodule:
+  it is frozen, so its weights are not parameters of this model (``methods/dalnet.py``).
+* Pooling: one shared GeM with a learnable p (init 3) for the shared-backbone features; the MIA
+  outputs are LayerNorm-ed (signed) maps, which GeM's clamp at eps would mostly zero, so they are
+  average-pooled. The style refinement features are the average-pooled layer2 maps of each stream
+  (the "pooled early features"); gradients to the sketch/photo side are stopped in the loss wiring.
+* Heads: one shared BNNeck (+ classifier) for the three shared-backbone features; a second BNNeck
+  ``mia_bnneck`` for the two MIA outputs (their distribution differs: LayerNorm then mean).
+* MIA is training only (a sketch query has no paired auxiliary); ``extract`` runs a modality's
+  own stream and the shared stages, never the DAG or MIA.
+* Ablations (DALNet Tables 1–2): ``use_aux=False`` drops the DAG, the aux stream, MIA and the style
+  features (a two-stream model with private early stages); ``use_mia=False`` drops MIA;
+  ``dag_trainable=False`` freezes the DAG's edge kernel.
+
+Outputs of ``__call__`` (rows of each entry are this device's N samples of one modality)::
+
+    {'streams': {'photo'|'aux'|'sketch': {'feat', 'bn_feat', 'logits', 'label'}},
+     'mia':     {'photo'|'sketch': {'feat', 'bn_feat', 'logits', 'label'}},      # use_mia
+     'style':   {'anchor' (aux), 'positive' (sketch), 'negatives' (photo)},      # use_aux
+     'aux_images': the DAG output (N, H, W, 3)}                                  # use_aux
+
+Parameter tree: ``{photo,aux,sketch}_stream/{stem/{conv1,bn1},layer1,layer2}``, ``layer3``,
+``layer4``, ``gem/p``, ``bnneck/{bn,classifier}``, ``dag/edge_kernel``, ``mia/...``,
+``mia_bnneck/{bn,classifier}``.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from sketchreid_jax.models.baseline import PHOTO, SKETCH
+from sketchreid_jax.models.dag import DAG
+from sketchreid_jax.models.heads import BNNeck, GeM
+from sketchreid_jax.models.mia import MIA
+from sketchreid_jax.models.resnet import ResNetStage, ResNetStem, stage_specs
+
+Dtype = Any
+Array = jax.Array
+
+STREAMS = ('photo', 'aux', 'sketch')
+
+
+class EarlyStream(nn.Module):
+  """One modality's private layers: stem + the first ``num_stages`` ResNet stages."""
+
+  width: int = 64
+  num_stages: int = 2
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-5
+  bn_axis_name: str | None = None
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, *, train: bool) -> Array:
+    bn = dict(
+      bn_momentum=self.bn_momentum,
+      bn_epsilon=self.bn_epsilon,
+      bn_axis_name=self.bn_axis_name,
+      dtype=self.dtype,
+    )
+    x = ResNetStem(width=self.width, name='stem', **bn)(x, train=train)
+    for s in stage_specs(self.width)[: self.num_stages]:
+      x = ResNetStage(s.num_blocks, s.features, s.stride, name=s.name, **bn)(x, train=train)
+    return x
+
+
+class DALNet(nn.Module):
+  """Three-stream ResNet-50 + DAG + MIA + GeM/BNNeck heads (DESIGN §4, DALNet)."""
+
+  num_classes: int
+  width: int = 64
+  last_stride: int = 1
+  gem_p: float = 3.0
+  gem_learnable: bool = True
+  bn_axis_name: str | None = None
+  dtype: Dtype = jnp.float32
+  use_aux: bool = True
+  use_mia: bool = True
+  mia_reduction: int = 16
+  dag_trainable: bool = True
+  dag_center: float = 9.0
+  dag_neighbour: float = -0.8
+  num_private_stages: int = 2
+  gem_eps: float = 1e-6
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-5
+  neck_scale_init_std: float = 0.01
+  classifier_init_std: float = 0.001
+
+  def setup(self) -> None:
+    if self.use_mia and not self.use_aux:
+      raise ValueError(
+        'DALNet: use_mia=True needs use_aux=True (MIA aligns photo and sketch through the '
+        'auxiliary modality); set model.use_mia=False for the two-stream ablation.'
+      )
+    if not 0 < self.num_private_stages < 4:
+      raise ValueError(
+        f'DALNet: num_private_stages must be 1, 2 or 3 (at least layer4 is shared), got '
+        f'{self.num_private_stages}.'
+      )
+    bn = dict(
+      bn_momentum=self.bn_momentum,
+      bn_epsilon=self.bn_epsilon,
+      bn_axis_name=self.bn_axis_name,
+      dtype=self.dtype,
+    )
+    stream = dict(width=self.width, num_stages=self.num_private_stages, **bn)
+    self.photo_stream = EarlyStream(**stream)
+    self.sketch_stream = EarlyStream(**stream)
+    if self.use_aux:
+      self.aux_stream = EarlyStream(**stream)
+      self.dag = DAG(
+        center=self.dag_center, neighbour=self.dag_neighbour, trainable=self.dag_trainable
+      )
+    specs = stage_specs(self.width, self.last_stride)[self.num_private_stages :]
+    self.shared = [
+      ResNetStage(s.num_blocks, s.features, s.stride, name=s.name, **bn) for s in specs
+    ]
+    self.gem = GeM(p=self.gem_p, learnable=self.gem_learnable, eps=self.gem_eps)
+    neck = dict(
+      num_classes=self.num_classes,
+      bn_axis_name=self.bn_axis_name,
+      dtype=jnp.float32,  # heads compute in float32 (DESIGN §4)
+      bn_momentum=self.bn_momentum,
+      bn_epsilon=self.bn_epsilon,
+      scale_init_std=self.neck_scale_init_std,
+      classifier_init_std=self.classifier_init_std,
+    )
+    self.bnneck = BNNeck(**neck)
+    if self.use_mia:
+      self.mia = MIA(reduction=self.mia_reduction)
+      self.mia_bnneck = BNNeck(**neck)
+
+  def _shared(self, x: Array, *, train: bool) -> Array:
+    for stage in self.shared:
+      x = stage(x, train=train)
+    return x
+
+  def _head(self, neck: BNNeck, feat: Array, label: Array, *, train: bool) -> dict[str, Array]:
+    bn_feat, logits = neck(feat, train=train)
+    return {'feat': feat, 'bn_feat': bn_feat, 'logits': logits, 'label': label}
+
+  def __call__(
+    self,
+    photos: Array,
+    sketches: Array,
+    *,
+    train: bool,
+    label: Array | None = None,
+    mask: Array | None = None,
+  ) -> dict[str, Any]:
+    """Training forward on [photos | sketches] halves of N rows each (see the module doc).
+
+    ``label`` (2N,) labels of [photos | sketches] (zeros when None, e.g. at init); ``mask``
+    (2N, H, W, 1) foreground masks of the same rows (only the photo rows are used) or None.
+    """
+    if photos.ndim != 4 or photos.shape != sketches.shape:
+      raise ValueError(
+        f'DALNet: photos and sketches must be NHWC batches of the same shape, got '
+        f'{tuple(photos.shape)} and {tuple(sketches.shape)}.'
+      )
+    n = photos.shape[0]
+    if label is None:
+      label = jnp.zeros((2 * n,), jnp.int32)
+    if label.shape != (2 * n,):
+      raise ValueError(f'DALNet: label must have shape ({2 * n},), got {tuple(label.shape)}.')
+    if mask is not None and mask.shape != (2 * n, *photos.shape[1:3], 1):
+      raise ValueError(
+        f'DALNet: mask must have shape {(2 * n, *photos.shape[1:3], 1)} (one map per row of '
+        f'[photos | sketches]), got {tuple(mask.shape)}.'
+      )
+    labels = {'photo': label[:n], 'aux': label[:n], 'sketch': label[n:]}
+    early = {
+      'photo': self.photo_stream(photos, train=train),
+      'sketch': self.sketch_stream(sketches, train=train),
+    }
+    out: dict[str, Any] = {}
+    if self.use_aux:
+      aux_images = self.dag(photos, None if mask is None else mask[:n])
+      early['aux'] = self.aux_stream(aux_images, train=train)
+      out['aux_images'] = aux_images
+      pooled = {k: jnp.mean(v.astype(jnp.float32), axis=(1, 2)) for k, v in early.items()}
+      out['style'] = {
+        'anchor': pooled['aux'],
+        'positive': pooled['sketch'],
+        'negatives': pooled['photo'],
+      }
+    names = [k for k in STREAMS if k in early]
+    maps = self._shared(jnp.concatenate([early[k] for k in names], axis=0), train=train)
+    maps = dict(zip(names, jnp.split(maps, len(names), axis=0)))
+    feats = self.gem(jnp.concatenate([maps[k] for k in names], axis=0))
+    feats = dict(zip(names, jnp.split(feats, len(names), axis=0)))
+    # One BNNeck call over all streams, so its batch statistics see the whole batch.
+    heads = self._head(
+      self.bnneck,
+      jnp.concatenate([feats[k] for k in names]),
+      jnp.concatenate([labels[k] for k in names]),
+      train=train,
+    )
+    split = {key: jnp.split(v, len(names)) for key, v in heads.items()}
+    out['streams'] = {k: {key: split[key][i] for key in split} for i, k in enumerate(names)}
+    if self.use_mia:
+      photo_hat, sketch_hat = self.mia(maps['photo'], maps['aux'], maps['sketch'])
+      pooled = jnp.mean(jnp.concatenate([photo_hat, sketch_hat]).astype(jnp.float32), axis=(1, 2))
+      mia = self._head(
+        self.mia_bnneck, pooled, jnp.concatenate([labels['photo'], labels['sketch']]), train=train
+      )
+      split = {key: jnp.split(v, 2) for key, v in mia.items()}
+      out['mia'] = {
+        k: {key: split[key][i] for key in split} for i, k in enumerate(('photo', 'sketch'))
+      }
+    return out
+
+  def extract(self, images: Array, *, modality: int, train: bool = False) -> dict[str, Array]:
+    """Evaluation features of one modality through its own stream and the shared stages."""
+    if modality not in (PHOTO, SKETCH) or isinstance(modality, bool):
+      raise ValueError(f'modality must be the Python int {PHOTO} or {SKETCH}, got {modality!r}.')
+    stream = self.photo_stream if modality == PHOTO else self.sketch_stream
+    feat = self.gem(self._shared(stream(images, train=train), train=train))
+    bn_feat, _ = self.bnneck(feat, train=train)
+    return {'feat': feat, 'bn_feat': bn_feat}

@@ -1,0 +1,151 @@
+"""Official U²-Net / U²-NetP PyTorch state dicts → Flax variables for ``models.u2net``.
+
+Implements the U²-Net half of DESIGN.md §4 U²-Net's "official weight files" (u2net.pth, 176 MB;
+u2netp.pth, 4.7 MB, from the official xuebinqin/U-2-Net repository; nothing is downloaded here,
+the user supplies the file, read with ``weights.io.read_state_dict``).
+
+Mapping (the Flax modules carry the official names, so it is mechanical; ``.`` → ``/``)::
+
+    PyTorch key (<conv> = <stage>.<rebnconv>)   Flax
+    <conv>.conv_s1.weight (O, I, kh, kw)        params/<stage>/<rebnconv>/conv_s1/kernel (HWIO)
+    <conv>.conv_s1.bias                         params/<stage>/<rebnconv>/conv_s1/bias
+    <conv>.bn_s1.weight, .bias                  params/…/bn_s1/scale, params/…/bn_s1/bias
+    <conv>.bn_s1.running_mean, .running_var     batch_stats/…/bn_s1/mean, batch_stats/…/bn_s1/var
+    sideK.weight, .bias (K = 1…6); outconv.*    params/sideK/kernel, bias; params/outconv/…
+
+Interpretations chosen:
+
+* The expected layout is read off the Flax module itself (``jax.eval_shape`` of its init), so the
+  converter cannot drift from the model; every expected tensor must be present with exactly the
+  expected shape and nothing else may be present, otherwise ValueError lists the first problems.
+  Nothing is ever left at a random init.
+* ``num_batches_tracked`` buffers of BatchNorm layers are ignored (Flax's momentum is fixed); one
+  that belongs to no BatchNorm layer counts as unexpected.
+* A leading ``module.`` (``nn.DataParallel`` checkpoints) is stripped from every key that has it.
+* When the file does not fit the requested variant but fits the other one exactly, the error says
+  so (u2net.pth given for U²-NetP, or the reverse).
+* Returns plain nested dicts of C-contiguous float32 numpy arrays (half/double inputs are cast).
+"""
+
+import functools
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sketchreid_jax.models.u2net import U2Net, U2NetP
+
+_DATA_PARALLEL_PREFIX = 'module.'
+_MAX_LISTED = 10
+
+# Flax leaf name → PyTorch suffix, per kind of layer.
+_CONV_NAMES = {'kernel': 'weight', 'bias': 'bias'}
+_BN_PARAM_NAMES = {'scale': 'weight', 'bias': 'bias'}
+_BN_STAT_NAMES = {'mean': 'running_mean', 'var': 'running_var'}
+
+
+def variant_name(small: bool) -> str:
+  return 'U2NETP (u2netp.pth)' if small else 'U2NET (u2net.pth)'
+
+
+def _leaves(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()):
+  for key, value in tree.items():
+    if isinstance(value, Mapping):
+      yield from _leaves(value, prefix + (key,))
+    else:
+      yield prefix + (key,), value
+
+
+@functools.lru_cache(maxsize=2)
+def expected_layout(small: bool) -> dict[str, tuple[str, tuple[str, ...], tuple[int, ...]]]:
+  """PyTorch key → (Flax collection, Flax path, PyTorch shape) for U2NetP (small) or U2Net."""
+  module = U2NetP() if small else U2Net()
+  # Parameter shapes do not depend on the input size; a small input keeps tracing cheap.
+  shapes = jax.eval_shape(
+    lambda: module.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)), train=False)
+  )
+  layout = {}
+  for path, leaf in _leaves(shapes['params']):
+    *parent, name = path
+    siblings = shapes['params']
+    for part in parent:
+      siblings = siblings[part]
+    names = _CONV_NAMES if 'kernel' in siblings else _BN_PARAM_NAMES
+    shape = tuple(leaf.shape)
+    if name == 'kernel':  # HWIO → OIHW
+      shape = (shape[3], shape[2], shape[0], shape[1])
+    layout['.'.join(parent + [names[name]])] = ('params', path, shape)
+  for path, leaf in _leaves(shapes['batch_stats']):
+    *parent, name = path
+    layout['.'.join(parent + [_BN_STAT_NAMES[name]])] = ('batch_stats', path, tuple(leaf.shape))
+  return layout
+
+
+def _strip_prefix(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+  out = {}
+  for key, value in state_dict.items():
+    if not isinstance(key, str):
+      raise TypeError(f'state dict keys must be strings (PyTorch parameter names), got {key!r}.')
+    key = key.removeprefix(_DATA_PARALLEL_PREFIX)
+    if key in out:
+      raise ValueError(
+        f'state dict has {key!r} both with and without the {_DATA_PARALLEL_PREFIX!r} prefix; '
+        f'keep one copy.'
+      )
+    out[key] = value
+  return out
+
+
+def _problems(state_dict: Mapping[str, Any], small: bool) -> list[str]:
+  layout = expected_layout(small)
+  bn_prefixes = {key.rsplit('.', 1)[0] for key in layout if key.endswith('.running_mean')}
+  problems = []
+  for key, (_, _, shape) in layout.items():
+    if key not in state_dict:
+      problems.append(f'missing key {key!r} (expected shape {shape})')
+    elif tuple(np.shape(state_dict[key])) != shape:
+      problems.append(
+        f'shape mismatch for {key!r}: file has {tuple(np.shape(state_dict[key]))}, '
+        f'{variant_name(small)} expects {shape}'
+      )
+  for key in state_dict:
+    if key in layout:
+      continue
+    if key.endswith('.num_batches_tracked') and key.rsplit('.', 1)[0] in bn_prefixes:
+      continue
+    problems.append(f'unexpected key {key!r} (shape {tuple(np.shape(state_dict[key]))})')
+  return problems
+
+
+def u2net_from_state_dict(state_dict: Mapping[str, Any], *, small: bool) -> dict[str, Any]:
+  """Convert an official U²-Net state dict (numpy arrays by PyTorch key) to Flax variables
+  ``{'params': …, 'batch_stats': …}`` for ``U2NetP`` (``small=True``) or ``U2Net``."""
+  state_dict = _strip_prefix(state_dict)
+  problems = _problems(state_dict, small)
+  if problems:
+    listed = '\n  '.join(problems[:_MAX_LISTED])
+    more = len(problems) - _MAX_LISTED
+    if more > 0:
+      listed += f'\n  … and {more} more'
+    hint = ''
+    if not _problems(state_dict, not small):
+      hint = (
+        f'\nThis looks like a {variant_name(not small)} state dict: convert it with '
+        f'small={not small} (CLI: --model={"u2netp" if not small else "u2net"}).'
+      )
+    raise ValueError(
+      f'the state dict does not match the official {variant_name(small)} layout '
+      f'({len(problems)} problem(s)):\n  {listed}{hint}'
+    )
+  variables: dict[str, Any] = {'params': {}, 'batch_stats': {}}
+  for key, (collection, path, _) in expected_layout(small).items():
+    value = np.asarray(state_dict[key], dtype=np.float32)
+    if path[-1] == 'kernel':  # OIHW → HWIO
+      value = value.transpose(2, 3, 1, 0)
+    node = variables[collection]
+    for part in path[:-1]:
+      node = node.setdefault(part, {})
+    node[path[-1]] = np.ascontiguousarray(value)
+  return variables
