@@ -29,7 +29,6 @@ import jax.numpy as jnp
 
 from sketchreid_jax import losses
 from sketchreid_jax import models
-from sketchreid_jax.datasets import masks as masks_lib
 from sketchreid_jax.losses.circle import circle_intra, circle_pairwise
 from sketchreid_jax.losses.style import style_refinement
 from sketchreid_jax.methods import Method, baseline, register
@@ -118,7 +117,7 @@ def _u2net_module(config):
 
 def frozen_for(config):
   """The frozen U²-Net's variables when ``data.mask_source='u2net'``, else None."""
-  if masks_lib.resolve_mask_source(config.data) != 'u2net':
+  if config.data.mask_source != 'u2net':  # 'auto' never means u2net: it needs a weights file
     return None
   from sketchreid_jax.weights import io as weights_io
 
