@@ -12,13 +12,14 @@ Presets (the part after ':'):
   market_sketch_s1  train and test on artist S1 (style A), single-query      (CMDSL Table 2 setting)
   market_sketch_sq  train and test on all six artists, single-query          (CMDSL Table 3, S)
   market_sketch_mq  train and test on all six artists, multi-query           (CMDSL Table 3, M)
+  pku_sketch        PKU-Sketch, one 150/50 trial (--config.data.pku_trial)   (CMDSL Table 4, B)
 Without a preset the config is market_sketch_sq.
 
 CMAlign (L_ic, L_dt), which the released MM'23 code adds on top of this, arrives with the CMDSL
 method; this config is the identity + WRT core that every method here extends.
 """
 
-from sketchreid_jax.config_base import base_config, with_preset
+from sketchreid_jax.config_base import PKU_SKETCH, base_config, with_preset
 
 PRESETS = {
   'market_sketch_s1': {
@@ -36,6 +37,7 @@ PRESETS = {
     'data.test_styles': 'ABCDEF',
     'eval.protocols': ('multi_query', 'single_query'),
   },
+  'pku_sketch': PKU_SKETCH,
 }
 
 

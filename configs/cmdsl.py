@@ -30,7 +30,7 @@ the heads (our choice: they start from random). For PKU the paper gives lr 9e-3 
 nothing else; we keep the same schedule shape.
 """
 
-from sketchreid_jax.config_base import base_config, with_preset
+from sketchreid_jax.config_base import PKU_SKETCH, base_config, with_preset
 
 FFAM_ALL = ('layer1', 'layer2', 'layer3', 'layer4')
 HEADS = ('gem', 'bnneck', 'ffam_layer1', 'ffam_layer2', 'ffam_layer3', 'ffam_layer4')
@@ -58,14 +58,9 @@ PRESETS = {
   },
   'market_mq': ALL_STYLES_MQ,
   'pku': {
-    'data.dataset': 'pku_sketch',
-    'data.root': 'data/synthetic/pku_sketch',
-    'data.train_styles': 'ABCDE',
-    'data.test_styles': 'ABCDE',
-    'seed': 42,
+    **PKU_SKETCH,
     'optim.lr': 9e-3,
     'train.epochs': 100,
-    'eval.protocols': ('single_query',),
     'loss.cmalign_mask': 'norm',
   },
   'mm23_baseline': {**ALL_STYLES_MQ, **MM23},

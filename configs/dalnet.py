@@ -33,18 +33,11 @@ backbone at 0.1×, 10 warm-up epochs, ×0.1 at 20 and 50, 80 epochs), P×K = 8×
 MIA reduction 16. Circle m = 0.25, γ = 64 and the style τ = 0.07 are DESIGN's / the seed's.
 """
 
-from sketchreid_jax.config_base import base_config, with_preset
+from sketchreid_jax.config_base import PKU_SKETCH, base_config, with_preset
 
 HEADS = ('gem', 'bnneck', 'mia_bnneck', 'mia', 'dag')
 
-PKU = {
-  'data.dataset': 'pku_sketch',
-  'data.root': 'data/synthetic/pku_sketch',
-  'data.train_styles': 'ABCDE',
-  'data.test_styles': 'ABCDE',
-  'seed': 42,
-  'eval.protocols': ('single_query',),
-}
+PKU = PKU_SKETCH
 FULL = {
   'loss.circle_cross_weight': 1.0,
   'loss.circle_intra_weight': 1.0,

@@ -20,6 +20,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.cache_dir = ''  # TFDS build cache; '' = ~/.cache/sketchreid_jax/tfds
   c.data.pku_trial = 0  # PKU-Sketch: which random 150/50 identity split (protocol: 0..9)
   c.data.pku_split_seed = 0  # PKU-Sketch: seed of the trial splits; (seed, trial) fixes one
+  c.data.pku_trials = 10  # PKU-Sketch protocol: trials 0..pku_trials-1 (tools.reproduce pku_trials)
+  # PKU-Sketch test identities per style and trial (CMDSL Table 1: 50 test ids in all).
+  c.data.pku_test_counts = ml_collections.ConfigDict({'A': 12, 'B': 5, 'C': 19, 'D': 8, 'E': 6})
   c.data.train_styles = 'ABCDEF'  # artist styles (S1..S6 = A..F) whose sketches train
   c.data.test_styles = 'ABCDEF'  # artist styles whose sketches are the queries
   c.data.image_size = (288, 144)  # (H, W)
@@ -48,6 +51,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.dtype = 'float32'  # computation dtype ('bfloat16' for mixed precision)
   # Converted ImageNet weights (tools.convert_weights); '' = from scratch.
   c.model.init_checkpoint = ''
+  # Multi-query training (CMDSL Table 5 b, d): each identity's K sketches in a batch are fused
+  # (mean of their modality-specific feature maps, the MM'23 multi-query scheme; models/fusion.py).
+  c.model.sketch_fusion = False
   c.model.ffam_stages = ()  # CMDSL: stages followed by an FFAM, e.g. ('layer1', ..., 'layer4')
   c.model.ffam_reduction = 16  # FFAM channel-attention reduction r (Eq. 3)
   # DALNet (seed 003). Tables 1–2 ablate these.
@@ -114,17 +120,37 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.eval = ml_collections.ConfigDict()
   c.eval.every_epochs = 10  # and always after the last epoch (0 = only then)
-  c.eval.protocols = ('single_query',)  # any of 'single_query', 'multi_query'
+  # Any of 'single_query', 'multi_query', each optionally restricted to some artists with
+  # ':<styles>' (e.g. 'single_query:A' = style A only); without it, data.test_styles.
+  c.eval.protocols = ('single_query',)
   c.eval.best_protocol = ''  # protocol whose mAP picks the best checkpoint; '' = the first
   c.eval.batch_size = 128
   c.eval.feature = 'feat'  # 'feat' = pre-BN GeM feature (the reference), 'bn_feat' = after BNNeck
   c.eval.flip = False  # average the embeddings of the image and its mirror image
-  c.eval.multi_query_aggregate = 'mean'  # mean of L2-normalised sketch embeddings per identity
+  # Multi-query embedding of an identity's sketches: 'mean' of their L2-normalised embeddings, or
+  # 'stem' = the MM'23 code's mean of their modality-specific feature maps, embedded once.
+  c.eval.multi_query_aggregate = 'mean'
+  # k-reciprocal re-ranking (Zhong et al. 2017) of the query-gallery distances.
+  c.eval.rerank = False
+  c.eval.rerank_k1 = 20
+  c.eval.rerank_k2 = 6
+  c.eval.rerank_lambda = 0.3
   c.eval.max_rank = 50
 
   c.parallel = ml_collections.ConfigDict()
   c.parallel.launcher = 'shard_map'  # 'shard_map' (jit over a ('data',) mesh) or 'pmap'
   return c
+
+
+# The data keys of every method's PKU-Sketch preset (seed 42 as CMDSL's PKU runs).
+PKU_SKETCH = {
+  'data.dataset': 'pku_sketch',
+  'data.root': 'data/synthetic/pku_sketch',
+  'data.train_styles': 'ABCDE',
+  'data.test_styles': 'ABCDE',
+  'seed': 42,
+  'eval.protocols': ('single_query',),
+}
 
 
 def with_preset(

@@ -7,12 +7,19 @@ entries instead of branches:
 
 * ``single_query``: every test sketch of ``config.data.test_styles`` is its own query.
 * ``multi_query``: the test sketches of one identity across those styles form one query, whose
-  embedding is the re-normalised mean of its sketches' normalised embeddings.
+  embedding is the re-normalised mean of its sketches' normalised embeddings
+  (``eval.multi_query_aggregate='mean'``) or the embedding of the mean of their modality-specific
+  feature maps (``'stem'``, the MM'23 code; models/fusion.py).
+
+A protocol entry may name its own artists: ``'single_query:A'`` ranks style A's sketches only,
+whatever ``data.test_styles`` says (CMDSL Tables 2 and 5). ``eval.rerank`` re-ranks every
+protocol's distances with k-reciprocal encoding (evaluation/rerank.py).
 
 The gallery is always every photo of the test split. Sketches carry camera id 0 and photos 1–6, so
 no gallery item is removed by the same-camera rule (DESIGN §5).
 """
 
+import dataclasses
 import functools
 import logging
 from typing import Callable
@@ -24,6 +31,7 @@ import numpy as np
 from sketchreid_jax import input_pipeline
 from sketchreid_jax.evaluation import RankResult, evaluate_rank
 from sketchreid_jax.evaluation import report
+from sketchreid_jax.evaluation.rerank import k_reciprocal_rerank
 
 log = logging.getLogger(__name__)
 
@@ -82,36 +90,128 @@ def _aggregate_groups(feats: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray
   return ids, l2_normalise((sums / np.bincount(inverse)[:, None]).astype(np.float32))
 
 
-def single_query(eval_set, q_feats, g_feats, config) -> tuple[RankResult, tuple]:
-  distmat = euclidean(q_feats, g_feats)
-  return evaluate_rank(
-    distmat,
-    eval_set.query_pids,
-    eval_set.gallery_pids,
-    eval_set.query_camids,
-    eval_set.gallery_camids,
-    max_rank=config.eval.max_rank,
-  ), (eval_set.query_pids, eval_set.query_camids)
+@functools.lru_cache(maxsize=8)
+def _stem_fns(model, flip: bool):
+  def stem(variables, images):
+    maps = model.apply(
+      variables, images, modality=SKETCH, train=False, method=model.extract_stem
+    ).astype(jnp.float32)
+    if flip:  # both orientations travel together: (2, batch, h, w, c)
+      mirrored = model.apply(
+        variables, images[:, :, ::-1], modality=SKETCH, train=False, method=model.extract_stem
+      ).astype(jnp.float32)
+      return jnp.stack([maps, mirrored])
+    return maps[None]
+
+  def embed(variables, maps):
+    return model.apply(variables, maps, train=False, method=model.extract_from_stem)
+
+  return jax.jit(stem), jax.jit(embed)
 
 
-def multi_query(eval_set, q_feats, g_feats, config) -> tuple[RankResult, tuple]:
-  if config.eval.multi_query_aggregate != 'mean':
-    raise ValueError(
-      f'config.eval.multi_query_aggregate={config.eval.multi_query_aggregate!r} is '
-      "not available; use 'mean'"
+def stem_group_features(
+  model, variables, table, indices: np.ndarray, groups: np.ndarray, *, config
+) -> np.ndarray:
+  """MM'23 multi-query embeddings: each group's mean sketch stem map, embedded once (fusion.py).
+
+  ``groups[i]`` (0..G-1) is the group of row ``indices[i]``; returns (G, D), L2-normalised. With
+  ``config.eval.flip`` the mirrored sketches' maps are fused and embedded separately and the two
+  embeddings averaged, as ``extract_features`` does for single images.
+  """
+  stem, embed = _stem_fns(model, bool(config.eval.flip))
+  groups = np.asarray(groups)
+  num_groups = int(groups.max()) + 1
+  sums = counts = None
+  offset = 0
+  for batch in input_pipeline.eval_iterator(
+    table, indices, image_size=tuple(config.data.image_size), batch_size=config.eval.batch_size
+  ):
+    maps = np.asarray(stem(variables, jnp.asarray(batch['image'])))[:, np.asarray(batch['valid'])]
+    rows = groups[offset : offset + maps.shape[1]]
+    offset += maps.shape[1]
+    if sums is None:
+      sums = np.zeros((maps.shape[0], num_groups, *maps.shape[2:]), np.float64)
+      counts = np.zeros(num_groups, np.int64)
+    for view in range(maps.shape[0]):
+      np.add.at(sums[view], rows, maps[view])
+    np.add.at(counts, rows, 1)
+  means = (sums / counts[None, :, None, None, None]).astype(np.float32)
+  feats = 0.0
+  for view in means:
+    chunks = [
+      np.asarray(
+        embed(variables, jnp.asarray(view[i : i + config.eval.batch_size]))[config.eval.feature]
+      )
+      for i in range(0, num_groups, config.eval.batch_size)
+    ]
+    feats = feats + np.concatenate(chunks).astype(np.float32)
+  feats = feats / len(means)
+  if not np.all(np.isfinite(feats)):
+    raise FloatingPointError(
+      'non-finite multi-query embeddings; the checkpoint is probably diverged.'
     )
-  groups, feats = _aggregate_groups(q_feats, eval_set.query_groups)
-  first = np.array([np.flatnonzero(eval_set.query_groups == g)[0] for g in groups])
-  q_pids, q_camids = eval_set.query_pids[first], eval_set.query_camids[first]
-  distmat = euclidean(feats, g_feats)
-  return evaluate_rank(
-    distmat,
-    q_pids,
-    eval_set.gallery_pids,
-    q_camids,
-    eval_set.gallery_camids,
-    max_rank=config.eval.max_rank,
-  ), (q_pids, q_camids)
+  return l2_normalise(feats)
+
+
+@dataclasses.dataclass(frozen=True)
+class Queries:
+  """What a protocol ranks: one embedding per query, with its identity and camera."""
+
+  feats: np.ndarray
+  pids: np.ndarray
+  camids: np.ndarray
+
+
+def sketch_queries(model, variables, table, eval_set, config) -> Queries:
+  """Single-query: every test sketch is a query."""
+  feats = extract_features(
+    model, variables, table, eval_set.query_index, modality=SKETCH, config=config
+  )
+  return Queries(feats, eval_set.query_pids, eval_set.query_camids)
+
+
+def _mean_aggregate(model, variables, table, eval_set, config) -> np.ndarray:
+  feats = extract_features(
+    model, variables, table, eval_set.query_index, modality=SKETCH, config=config
+  )
+  return _aggregate_groups(feats, eval_set.query_groups)[1]
+
+
+def _stem_aggregate(model, variables, table, eval_set, config) -> np.ndarray:
+  return stem_group_features(
+    model, variables, table, eval_set.query_index, eval_set.query_groups, config=config
+  )
+
+
+# config.eval.multi_query_aggregate -> (..., eval_set) -> (num groups, D) normalised embeddings
+AGGREGATES: dict[str, Callable] = {'mean': _mean_aggregate, 'stem': _stem_aggregate}
+
+
+def identity_queries(model, variables, table, eval_set, config) -> Queries:
+  """Multi-query: the test sketches of one identity (across the protocol's styles) are one query."""
+  if config.eval.multi_query_aggregate not in AGGREGATES:
+    raise ValueError(
+      f'config.eval.multi_query_aggregate={config.eval.multi_query_aggregate!r} is not '
+      f'available; use one of {sorted(AGGREGATES)}'
+    )
+  feats = AGGREGATES[config.eval.multi_query_aggregate](model, variables, table, eval_set, config)
+  first = np.array([np.flatnonzero(eval_set.query_groups == g)[0] for g in range(len(feats))])
+  return Queries(feats, eval_set.query_pids[first], eval_set.query_camids[first])
+
+
+def distances(queries: Queries, g_feats: np.ndarray, config) -> np.ndarray:
+  """Query × gallery distances; k-reciprocal re-ranked when ``config.eval.rerank``."""
+  q_g = euclidean(queries.feats, g_feats)
+  if not config.eval.rerank:
+    return q_g
+  return k_reciprocal_rerank(
+    q_g,
+    euclidean(queries.feats, queries.feats),
+    euclidean(g_feats, g_feats),
+    k1=config.eval.rerank_k1,
+    k2=config.eval.rerank_k2,
+    lambda_value=config.eval.rerank_lambda,
+  )
 
 
 def _versus_chance(name: str, result: RankResult, chance: dict) -> str:
@@ -123,37 +223,59 @@ def _versus_chance(name: str, result: RankResult, chance: dict) -> str:
   )
 
 
-# protocol name -> (multi_query flag for the eval set, scoring function)
-PROTOCOLS: dict[str, tuple[bool, Callable]] = {
-  'single_query': (False, single_query),
-  'multi_query': (True, multi_query),
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+  multi_query: bool  # how make_eval_set groups the query sketches
+  queries: Callable  # (model, variables, table, eval_set, config) -> Queries
+
+
+PROTOCOLS: dict[str, Protocol] = {
+  'single_query': Protocol(False, sketch_queries),
+  'multi_query': Protocol(True, identity_queries),
 }
+
+
+def parse_protocol(spec: str, default_styles: str) -> tuple[str, str]:
+  """``'single_query'`` -> (name, default styles); ``'multi_query:BC'`` -> ('multi_query', 'BC')."""
+  name, _, styles = spec.partition(':')
+  if name not in PROTOCOLS:
+    raise ValueError(
+      f'unknown protocol {spec!r} in config.eval.protocols; known: {sorted(PROTOCOLS)}, each '
+      "optionally followed by ':<styles>' (e.g. 'single_query:A')"
+    )
+  return name, styles or default_styles
 
 
 def evaluate(
   model, variables, table, config, *, workdir: str | None = None, extra: dict | None = None
 ) -> dict[str, RankResult]:
-  """Runs every protocol of ``config.eval.protocols``; writes the reports into ``workdir`` if given."""
-  unknown = [p for p in config.eval.protocols if p not in PROTOCOLS]
-  if unknown:
-    raise ValueError(f'unknown config.eval.protocols {unknown}; known: {sorted(PROTOCOLS)}')
+  """Runs every protocol of ``config.eval.protocols``; writes the reports into ``workdir`` if given.
+
+  Results are keyed by the protocol entries as written in the config ('single_query:A', …).
+  """
+  specs = {spec: parse_protocol(spec, config.data.test_styles) for spec in config.eval.protocols}
   results, chances, gallery_cache = {}, {}, {}
-  for name in config.eval.protocols:
-    multi, score = PROTOCOLS[name]
-    eval_set = input_pipeline.make_eval_set(table, config.data.test_styles, multi_query=multi)
+  for spec, (name, styles) in specs.items():
+    protocol = PROTOCOLS[name]
+    eval_set = input_pipeline.make_eval_set(table, styles, multi_query=protocol.multi_query)
     key = tuple(eval_set.gallery_index)
     if key not in gallery_cache:
       gallery_cache[key] = extract_features(
         model, variables, table, eval_set.gallery_index, modality=PHOTO, config=config
       )
-    q_feats = extract_features(
-      model, variables, table, eval_set.query_index, modality=SKETCH, config=config
-    )
-    results[name], (q_pids, q_camids) = score(eval_set, q_feats, gallery_cache[key], config)
-    chances[name] = report.chance_levels(
-      q_pids,
+    queries = protocol.queries(model, variables, table, eval_set, config)
+    results[spec] = evaluate_rank(
+      distances(queries, gallery_cache[key], config),
+      queries.pids,
       eval_set.gallery_pids,
-      q_camids=q_camids,
+      queries.camids,
+      eval_set.gallery_camids,
+      max_rank=config.eval.max_rank,
+    )
+    chances[spec] = report.chance_levels(
+      queries.pids,
+      eval_set.gallery_pids,
+      q_camids=queries.camids,
       g_camids=eval_set.gallery_camids,
       max_rank=config.eval.max_rank,
     )

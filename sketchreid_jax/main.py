@@ -9,7 +9,6 @@ latest checkpoint if there is one. ``--mode=evaluate`` evaluates the workdir's b
 checkpoint on the config's protocols without training.
 """
 
-import logging
 import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # before TF is imported anywhere
@@ -17,36 +16,24 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # before TF is imported anyw
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from sketchreid_jax import runtime  # noqa: E402
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
   'config', None, 'Config file, optionally with :preset.', lock_config=True
 )
 flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and reports go.')
 flags.DEFINE_enum('mode', 'train', ['train', 'evaluate'], 'Train (and evaluate) or evaluate only.')
-flags.DEFINE_string(
-  'jax_cache',
-  os.path.expanduser('~/.cache/sketchreid_jax/jax'),
-  "JAX's persistent compilation cache: a resumed or repeated run skips XLA "
-  "compilation. '' disables it.",
-)
+flags.DEFINE_string('jax_cache', runtime.DEFAULT_JAX_CACHE, runtime.JAX_CACHE_HELP)
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  import jax  # after flags: keeps --help fast
-
-  if FLAGS.jax_cache:
-    jax.config.update('jax_compilation_cache_dir', FLAGS.jax_cache)
-    jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
+  runtime.configure(FLAGS.jax_cache)
   from sketchreid_jax import train
 
-  logging.getLogger().setLevel(logging.INFO)
-  # Orbax reports every save at INFO through absl; keep its warnings, drop the chatter.
-  logging.getLogger('absl').addFilter(
-    lambda record: record.levelno >= logging.WARNING or 'orbax' not in record.pathname
-  )
   if FLAGS.mode == 'train':
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   else:

@@ -224,3 +224,105 @@ def test_table_select_and_validation():
       camid=table.camid,
       path=table.path,
     )
+
+
+def _empty(folder: Path) -> None:
+  for p in folder.iterdir():
+    p.unlink()
+
+
+@pytest.mark.parametrize("folder", ["sketch/E/train", "sketch/A/query"])
+def test_style_folder_without_sketches_errors(tmp_path, folder):
+  root = tmp_path / "d"
+  write_layout(root, with_mat=False)
+  (root / folder).mkdir(parents=True, exist_ok=True)
+  _empty(root / folder)  # A/query held 0003.jpg; E/train is new
+  (root / folder / "Thumbs.db").write_bytes(b"not an image")
+  style, split = folder.split("/")[1:]
+  with pytest.raises(
+    ValueError, match=re.escape(f"{root / folder}: no sketches for style {style}")
+  ):
+    load_market_sketch(root, cache_dir=tmp_path / "cache")
+  with pytest.raises(ValueError, match=re.escape(f"expected sketch/{style}/{split}/<pid>.jpg")):
+    market_sketch.scan_layout(root)
+  assert not (tmp_path / "cache").exists()  # validation happens before any build
+
+
+@pytest.mark.parametrize(
+  "sketches,split,listed",
+  [
+    # A training sketch whose identity has no training photo (nothing for P×K to pair it with).
+    (["sketch/A/train/0007.jpg"], "train", "0007"),
+    # Query sketches whose identities have no gallery photo; only the first five are named.
+    ([f"sketch/C/query/{p:04d}.jpg" for p in range(10, 17)], "query", "0010, 0011, 0012, 0013, "),
+  ],
+)
+def test_sketch_identity_without_photo_errors(tmp_path, sketches, split, listed):
+  root = tmp_path / "d"
+  write_layout(root, with_mat=False)
+  for rel in sketches:
+    _write(root / rel, _jpeg((9, 9, 9), grey=True))
+  with pytest.raises(ValueError, match=re.escape(f"{root / 'photo' / split}: ")) as err:
+    load_market_sketch(root, cache_dir=tmp_path / "cache")
+  message = str(err.value)
+  assert listed in message and "expected at least one" in message
+  if len(sketches) > 5:
+    assert "0014, ... (7 in all)" in message and "0015" not in message
+  assert not (tmp_path / "cache").exists()  # validation happens before any build
+
+
+def test_sketch_in_the_wrong_split_is_explained(tmp_path):
+  root = tmp_path / "d"
+  write_layout(root, with_mat=False)
+  _write(root / "sketch/A/query/0001.jpg", _jpeg((9, 9, 9)))  # 0001's photos are in photo/train
+  with pytest.raises(ValueError, match=re.escape(f"{root / 'photo' / 'query'}: ")) as err:
+    market_sketch.scan_layout(root)
+  assert "Photos of 0001 are in photo/train instead" in str(err.value)
+
+
+def _noise_jpeg() -> bytes:
+  """A JPEG whose second half is entropy-coded data, so cutting it keeps a valid header."""
+  pixels = np.random.default_rng(1).integers(0, 256, (64, 32, 3), dtype=np.uint8)
+  buf = io.BytesIO()
+  Image.fromarray(pixels).save(buf, format="JPEG")
+  return buf.getvalue()
+
+
+def test_truncated_jpeg_passes_verify_but_not_the_check():
+  from sketchreid_jax.datasets.tfds_cache import image_problem
+
+  data = _noise_jpeg()
+  assert image_problem(data) is None
+  cut = data[: len(data) // 2]
+  with Image.open(io.BytesIO(cut)) as img:
+    img.verify()  # the cheap check misses it ...
+  assert "truncated" in image_problem(cut)  # ... a full decode does not
+  assert image_problem(b"") == "the file is empty"
+
+
+@pytest.mark.parametrize("damage", ["truncated", "random bytes"])
+def test_unreadable_image_errors(tmp_path, damage):
+  root = tmp_path / "d"
+  write_layout(root)
+  bad = ["sketch/C/query/0005.jpg", "photo/query/0003_c4s1_000001_01.jpg"]
+  originals = {rel: (root / rel).read_bytes() for rel in bad}
+  good = _noise_jpeg()
+  for rel in bad:
+    junk = np.random.default_rng(2).bytes(300)
+    (root / rel).write_bytes(good[: len(good) // 2] if damage == "truncated" else junk)
+  with pytest.raises(
+    ValueError, match=re.escape(f"{root.resolve() / bad[1]}: unreadable image")
+  ) as e:
+    load_market_sketch(root, cache_dir=tmp_path / "cache")
+  message = str(e.value)
+  assert f"({bad[1]} under the dataset root {root.resolve()})" in message
+  assert "Re-copy it from the original dataset or remove it" in message
+  assert f"Also unreadable in the same split (1): {bad[0]}." in message  # photos come first
+  for rel, data in originals.items():
+    (root / rel).write_bytes(data)
+  assert len(load_market_sketch(root, cache_dir=tmp_path / "cache")) == len(LAYOUT)
+
+
+def test_synthetic_layout_passes_the_checks(tiny_market):
+  records = market_sketch.scan_layout(tiny_market)
+  assert {r.modality for r in records} == {0, 1}

@@ -276,3 +276,39 @@ def test_lower_case_style_files_and_count_mismatch(tiny, tmp_path):
   next((root / "styleAnnotation").glob("c_*.txt")).rename(wrong)
   with pytest.warns(UserWarning, match=re.escape(f"{wrong}: the name says 99 ids")):
     assert pku_sketch.scan_layout(root).ids_by_style == original
+
+
+def test_empty_style_file_errors(tiny, tmp_path):
+  root = _copy(tiny, tmp_path)
+  path = _rewrite_style(root, "B", [])
+  with pytest.raises(ValueError, match=re.escape(f"{path}: lists no person id")) as err:
+    load_pku_sketch(root, cache_dir=tmp_path / "cache")
+  assert "expected the ids drawn in style B, one per line" in str(err.value)
+  assert not (tmp_path / "cache").exists()  # validation happens before any build
+
+
+def test_id_with_photos_but_no_sketch_errors(tiny, tmp_path):
+  root = _copy(tiny, tmp_path)
+  (root / "sketch" / "7.jpg").unlink()
+  assert list((root / "photo").glob("7_*.jpg"))  # its photos stay
+  listing = next(
+    p for p in (root / "styleAnnotation").glob("*.txt") if "7" in p.read_text().split()
+  )
+  message = f"{listing}: lists person 7 but {root / 'sketch'}/7.jpg does not exist"
+  with pytest.raises(ValueError, match=re.escape(message)):
+    pku_sketch.scan_layout(root)
+
+
+@pytest.mark.parametrize("pattern", ["sketch/7.jpg", "photo/7_2_*.jpg"])
+def test_unreadable_image_errors(tiny, tmp_path, pattern):
+  root = _copy(tiny, tmp_path)
+  target = next(root.glob(pattern))
+  rel = target.relative_to(root).as_posix()
+  data = target.read_bytes()
+  target.write_bytes(data[: len(data) // 2])
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # the tiny set's scaled test counts
+    with pytest.raises(ValueError, match=re.escape(f"{target.resolve()}: unreadable image")) as e:
+      load_pku_sketch(root, cache_dir=tmp_path / "cache")
+  assert f"({rel} under the dataset root {root.resolve()})" in str(e.value)
+  assert "Re-copy it from the original dataset or remove it" in str(e.value)

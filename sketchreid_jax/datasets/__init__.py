@@ -21,6 +21,7 @@ def _pku_sketch(data_config):
     cache_dir=data_config.cache_dir or None,
     trial=data_config.pku_trial,
     split_seed=data_config.pku_split_seed,
+    test_counts=data_config.pku_test_counts.to_dict(),
   )
 
 

@@ -17,8 +17,17 @@ Interpretations chosen:
   same-pid-same-camid filter of ``evaluate_rank`` never removes anything: no camera filtering, as
   the protocol requires (DESIGN §5).
 - pid 0000 (Market-1501's distractor id) is accepted as an ordinary identity.
-- A style folder may lack ``train/`` or ``query/`` (subsets), but must have at least one of them;
-  sketch/ must hold at least one style folder; folders in sketch/ other than A..F are an error.
+- A style folder may lack ``train/`` or ``query/`` (subsets), but must have at least one of them,
+  and a ``train/`` or ``query/`` that exists must hold sketches (an empty one is an error, not a
+  style without sketches); sketch/ must hold at least one style folder; folders in sketch/ other
+  than A..F are an error.
+- Every sketch identity needs a photo of the same split: a training sketch one in photo/train
+  (the P×K sampler pairs each sketch with photos of its identity), a query sketch one in
+  photo/query (the gallery; a query without a true match has no rank-1). The error lists the
+  first few such ids and the folder their photos were expected in. Photo identities without a
+  sketch are fine (Market-1501's distractors and unsketched gallery people).
+- Image files are fully decoded once, when the TFDS build runs (``tfds_cache.image_examples``); an
+  unreadable one fails the build with an error naming it, it is never skipped.
 - The TFDS examples keep the original encoded bytes (``Tensor(shape=(), dtype=tf.string)``), so the
   stored JPEG is bit-identical to the file. Attributes are per identity, not per example, so they
   are read from the .mat by the loader, not stored in TFDS.
@@ -66,6 +75,8 @@ ATTRIBUTE_NAMES = MARKET_ATTRIBUTE_NAMES
 DATASET_NAME = "market_sketch_1k"
 
 _PID_RE = re.compile(r"^(\d{4})")
+# Identities named in one error message, beyond which only the count is given.
+_MAX_LISTED = 5
 _PHOTO_RE = re.compile(r"^(\d{4})_c(\d+)s(\d+)_")
 
 
@@ -115,11 +126,55 @@ def _require_dir(path: Path, what: str) -> None:
     )
 
 
+def _id_list(pids) -> str:
+  pids = sorted(pids)
+  listed = ", ".join(f"{p:04d}" for p in pids[:_MAX_LISTED])
+  return listed + (f", ... ({len(pids)} in all)" if len(pids) > _MAX_LISTED else "")
+
+
+def _require_photos(root: Path, records: list[ImageRecord]) -> None:
+  """Every sketch identity of a split has a photo of that split (see the module docstring)."""
+  photo_ids = {
+    split: {r.pid for r in records if r.modality == MODALITY_PHOTO and r.split == split}
+    for split in SPLITS
+  }
+  for split in SPLITS:
+    sketch_ids = {r.pid for r in records if r.modality == MODALITY_SKETCH and r.split == split}
+    missing = sketch_ids - photo_ids[split]
+    if not missing:
+      continue
+    folder = root / "photo" / split
+    other = SPLITS[1 - SPLITS.index(split)]
+    misplaced = missing & photo_ids[other]
+    if split == "train":
+      what = (
+        "training sketch identities without a training photo",
+        "the P×K sampler needs photos of every training identity",
+      )
+    else:
+      what = (
+        "query sketch identities without a gallery photo",
+        "a query needs its identity in the gallery",
+      )
+    hint = (
+      f" Photos of {_id_list(misplaced)} are in photo/{other} instead: check that those "
+      f"sketches belong in sketch/<S>/{split} and not sketch/<S>/{other}."
+      if misplaced
+      else ""
+    )
+    raise ValueError(
+      f"{folder}: {what[0]}: {_id_list(missing)}; expected at least one "
+      f"<pid>_c<camera>s<sequence>_<frame>_<nn>.jpg each in this folder ({what[1]}). Add the "
+      f"photos or remove those sketches from sketch/<S>/{split}.{hint}"
+    )
+
+
 def scan_layout(root: str | os.PathLike) -> list[ImageRecord]:
   """Validates the folder layout and lists every image with its parsed labels.
 
-  Raises FileNotFoundError for a missing folder and ValueError for a bad name; each message
-  names the offending path and what was expected.
+  Raises FileNotFoundError for a missing folder and ValueError for a bad name, an empty style
+  split folder or a sketch identity without a photo of its split; each message names the
+  offending path and what was expected. Image contents are checked when the TFDS build runs.
   """
   root = Path(root).expanduser()
   _require_dir(root, "the Market-Sketch-1K dataset root")
@@ -157,7 +212,14 @@ def scan_layout(root: str | os.PathLike) -> list[ImageRecord]:
         f"expected sketch/{style_dir.name}/train/*.jpg and/or query/*.jpg."
       )
     for split in present:
-      for file in _image_files(style_dir / split):
+      files = _image_files(style_dir / split)
+      if not files:
+        raise ValueError(
+          f"{style_dir / split}: no sketches for style {style_dir.name} (no *.jpg/*.jpeg/*.png); "
+          f"expected sketch/{style_dir.name}/{split}/<pid>.jpg. Add the sketches or remove the "
+          f"empty folder."
+        )
+      for file in files:
         records.append(
           ImageRecord(
             file.relative_to(root).as_posix(),
@@ -168,6 +230,7 @@ def scan_layout(root: str | os.PathLike) -> list[ImageRecord]:
             0,
           )
         )
+  _require_photos(root, records)
   return records
 
 

@@ -18,12 +18,15 @@ Interpretations chosen:
   cam >= 1, because sketches get camid 0 and ``evaluate_rank`` would otherwise drop a photo from
   "the sketch's camera". camid = the cam field as a number (synthetic: 1, 2; real: 3..6).
 - Style letters are A..E, case-insensitive (the real files are ``a_46.txt``); the table uses
-  upper case. Every sketch id must be in exactly one style file, every listed id must have a
-  sketch, every sketch at least one photo and every photo a sketch: each violation is an error
-  naming the file. The count in a style file's name that disagrees with its number of ids is only
-  a warning: the list, not the name, decides membership. Blank lines are ignored.
+  upper case. Every sketch id must be in exactly one style file, every style file must list at
+  least one id, every listed id must have a sketch, every sketch at least one photo and every
+  photo a sketch: each violation is an error naming the file. The count in a style file's name
+  that disagrees with its number of ids is only a warning: the list, not the name, decides
+  membership. Blank lines are ignored.
 - Files that are not images (``.DS_Store``, ...) in sketch/ and photo/, and files that are not
   ``.txt`` in styleAnnotation/, are ignored: they carry no sample.
+- Image files are fully decoded once, when the TFDS build runs (``tfds_cache.image_examples``); an
+  unreadable one fails the build with an error naming it, it is never skipped.
 - One TFDS build holds every image (splits 'sketch' and 'photo'); the trial split is applied when
   reading, so all trials share one cache. The fingerprint also covers the style files, since
   editing them changes the stored styles.
@@ -150,6 +153,11 @@ def _read_style_files(folder: Path) -> tuple[dict[str, list[int]], dict[int, Pat
         )
       source[pid] = file
       ids.append(pid)
+    if not ids:
+      raise ValueError(
+        f"{file}: lists no person id; expected the ids drawn in style {style}, one per line. "
+        f"Add them or remove the file (a style needs at least 2 ids: one to test, one to train)."
+      )
     if len(ids) != stated:
       warnings.warn(
         f"{file}: the name says {stated} ids but the file lists {len(ids)}; using the list."

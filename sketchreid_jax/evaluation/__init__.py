@@ -3,6 +3,7 @@
 from sketchreid_jax.evaluation.ranking import RankResult
 from sketchreid_jax.evaluation.ranking import evaluate_rank
 from sketchreid_jax.evaluation.ranking import pairwise_distance
+from sketchreid_jax.evaluation.rerank import k_reciprocal_rerank
 from sketchreid_jax.evaluation.report import chance_levels
 from sketchreid_jax.evaluation.report import format_table
 from sketchreid_jax.evaluation.report import plot_cmc

@@ -26,6 +26,7 @@ def backbone_kwargs(config, num_classes: int, bn_axis_name: str | None) -> dict:
     gem_learnable=m.gem_learnable,
     bn_axis_name=bn_axis_name,
     dtype=dtype_of(config),
+    sketch_fusion=config.sampler.K if config.model.sketch_fusion else 0,
   )
 
 

@@ -33,6 +33,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sketchreid_jax.models.fusion import fuse_groups
 from sketchreid_jax.models.heads import BNNeck, GeM
 from sketchreid_jax.models.resnet import ResNetStage, ResNetStem, run_stages, stage_specs
 
@@ -67,6 +68,9 @@ class Baseline(nn.Module):
   bn_epsilon: float = 1e-5
   neck_scale_init_std: float = 0.01
   classifier_init_std: float = 0.001
+  # > 0: multi-query training, each identity's ``sketch_fusion`` sketches fused at the stem
+  # (models/fusion.py); 0: every sketch is its own sample.
+  sketch_fusion: int = 0
 
   def setup(self) -> None:
     bn_kwargs = dict(
@@ -141,13 +145,10 @@ class Baseline(nn.Module):
         f'Baseline: photos and sketches must be NHWC batches of the same shape (N photos and '
         f'N sketches, same image size), got {tuple(photos.shape)} and {tuple(sketches.shape)}.'
       )
-    x = jnp.concatenate(
-      [
-        self.stem(photos, modality=PHOTO, train=train),
-        self.stem(sketches, modality=SKETCH, train=train),
-      ],
-      axis=0,
-    )
+    sketch_maps = self.stem(sketches, modality=SKETCH, train=train)
+    if self.sketch_fusion:
+      sketch_maps = fuse_groups(sketch_maps, self.sketch_fusion)
+    x = jnp.concatenate([self.stem(photos, modality=PHOTO, train=train), sketch_maps], axis=0)
     layer3 = self.stages(x, start='layer1', stop='layer3', train=train)
     layer4 = self.stages(layer3, start='layer4', stop='layer4', train=train)
     out = self.head(layer4, train=train)
@@ -156,6 +157,13 @@ class Baseline(nn.Module):
 
   def extract(self, images: Array, *, modality: int, train: bool = False) -> dict[str, Array]:
     """Evaluation features of one modality: {'feat' (pre-BN), 'bn_feat'} (not normalised)."""
-    x = self.stages(self.stem(images, modality=modality, train=train), train=train)
-    out = self.head(x, train=train)
+    return self.extract_from_stem(self.extract_stem(images, modality=modality, train=train))
+
+  def extract_stem(self, images: Array, *, modality: int, train: bool = False) -> Array:
+    """The modality-specific part of ``extract`` (what multi-query 'stem' fusion averages)."""
+    return self.stem(images, modality=modality, train=train)
+
+  def extract_from_stem(self, maps: Array, *, train: bool = False) -> dict[str, Array]:
+    """The shared rest of ``extract``, from (possibly fused) stem maps."""
+    out = self.head(self.stages(maps, train=train), train=train)
     return {'feat': out['feat'], 'bn_feat': out['bn_feat']}

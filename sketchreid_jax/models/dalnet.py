@@ -49,6 +49,7 @@ import jax.numpy as jnp
 
 from sketchreid_jax.models.baseline import PHOTO, SKETCH
 from sketchreid_jax.models.dag import DAG
+from sketchreid_jax.models.fusion import fuse_groups
 from sketchreid_jax.models.heads import BNNeck, GeM
 from sketchreid_jax.models.mia import MIA
 from sketchreid_jax.models.resnet import ResNetStage, ResNetStem, stage_specs
@@ -105,6 +106,7 @@ class DALNet(nn.Module):
   bn_epsilon: float = 1e-5
   neck_scale_init_std: float = 0.01
   classifier_init_std: float = 0.001
+  sketch_fusion: int = 0  # multi-query training: fuse each identity's sketch streams (fusion.py)
 
   def setup(self) -> None:
     if self.use_mia and not self.use_aux:
@@ -193,6 +195,8 @@ class DALNet(nn.Module):
       'photo': self.photo_stream(photos, train=train),
       'sketch': self.sketch_stream(sketches, train=train),
     }
+    if self.sketch_fusion:
+      early['sketch'] = fuse_groups(early['sketch'], self.sketch_fusion)
     out: dict[str, Any] = {}
     if self.use_aux:
       aux_images = self.dag(photos, None if mask is None else mask[:n])
@@ -232,9 +236,17 @@ class DALNet(nn.Module):
 
   def extract(self, images: Array, *, modality: int, train: bool = False) -> dict[str, Array]:
     """Evaluation features of one modality through its own stream and the shared stages."""
+    return self.extract_from_stem(self.extract_stem(images, modality=modality, train=train))
+
+  def extract_stem(self, images: Array, *, modality: int, train: bool = False) -> Array:
+    """The modality's own stream (what multi-query 'stem' fusion averages)."""
     if modality not in (PHOTO, SKETCH) or isinstance(modality, bool):
       raise ValueError(f'modality must be the Python int {PHOTO} or {SKETCH}, got {modality!r}.')
     stream = self.photo_stream if modality == PHOTO else self.sketch_stream
-    feat = self.gem(self._shared(stream(images, train=train), train=train))
+    return stream(images, train=train)
+
+  def extract_from_stem(self, maps: Array, *, train: bool = False) -> dict[str, Array]:
+    """The shared stages, GeM and BNNeck on a stream's (possibly fused) maps."""
+    feat = self.gem(self._shared(maps, train=train))
     bn_feat, _ = self.bnneck(feat, train=train)
     return {'feat': feat, 'bn_feat': bn_feat}
