@@ -105,6 +105,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.nesterov = True
   c.optim.weight_decay = 5e-4  # SGD: coupled L2 as torch.optim.SGD; AdamW: decoupled decay
   c.optim.head_modules = ('gem', 'bnneck')  # top-level parameter collections trained at the full lr
+  # Clip the global gradient norm to this before the update (0 = off). The papers do not clip; from
+  # scratch, DALNet's circle terms (γ = 64) give gradient norms > 100 early and diverge without it.
+  c.optim.grad_clip_norm = 0.0
 
   # Epoch-wise step schedule: lr·(e+1)/warmup_epochs during warm-up, then ×gamma at each milestone.
   c.schedule = ml_collections.ConfigDict()

@@ -77,7 +77,13 @@ class Launcher:
 
   def put_state(self, state):
     if self.kind == 'pmap':
-      return jax.device_put_replicated(state, list(self.mesh.local_devices))
+      # pmap takes a leading device axis: one copy of the state per local device.
+      devices = list(self.mesh.local_devices)
+      sharding = NamedSharding(Mesh(np.asarray(devices), (AXIS,)), P(AXIS))
+      return jax.tree.map(
+        lambda x: jax.device_put(jnp.broadcast_to(x, (len(devices), *jnp.shape(x))), sharding),
+        state,
+      )
     return jax.device_put(state, NamedSharding(self.mesh, P()))
 
   def get_state(self, state):

@@ -36,6 +36,7 @@ from sketchreid_jax import evaluate as evaluate_lib
 from sketchreid_jax import input_pipeline
 from sketchreid_jax import parallel
 from sketchreid_jax.methods import Method, get_method
+from sketchreid_jax.weights import pretrained
 
 log = logging.getLogger(__name__)
 
@@ -101,19 +102,31 @@ def make_optimizer(config, steps_per_epoch: int, params) -> optax.GradientTransf
   if o.name not in OPTIMIZERS:
     raise ValueError(f'unknown config.optim.name {o.name!r}; known: {sorted(OPTIMIZERS)}')
   build = OPTIMIZERS[o.name]
-  return optax.multi_transform(
+  tx = optax.multi_transform(
     {
       'head': build(o, lr_schedule(config, steps_per_epoch, o.lr)),
       'backbone': build(o, lr_schedule(config, steps_per_epoch, o.lr * o.backbone_lr_mult)),
     },
     param_groups(params, o.head_modules),
   )
+  if o.grad_clip_norm < 0:
+    raise ValueError(f'config.optim.grad_clip_norm must be >= 0 (0 = off), got {o.grad_clip_norm}')
+  if o.grad_clip_norm:
+    # One global norm over every group, before the update (the logged grad_norm is pre-clip).
+    tx = optax.chain(optax.clip_by_global_norm(o.grad_clip_norm), tx)
+  return tx
 
 
 def create_train_state(config, model, steps_per_epoch: int, rng, frozen=None) -> TrainState:
   h, w = config.data.image_size
   dummy = jnp.zeros((1, h, w, 3), jnp.float32)
+  # Read before the (long) init, so a missing file fails at once.
+  ckpt = config.model.init_checkpoint
+  resnet = pretrained.read_backbone_checkpoint(ckpt) if ckpt else None
   variables = jax.jit(functools.partial(model.init, train=False))(rng, dummy, dummy)
+  if resnet is not None:  # the ImageNet ResNet-50 into every stream; the heads stay fresh
+    variables, report = pretrained.load_pretrained_backbone(variables, resnet, model)
+    log.info('init_checkpoint %s:\n%s', ckpt, report)
   params = variables['params']
   return TrainState.create(
     apply_fn=model.apply,

@@ -75,3 +75,25 @@ def test_train_evaluate_and_resume_on_tiny_synthetic(tiny_market, tfds_cache, tm
   assert str(3 * spe) in os.listdir(os.path.join(workdir, 'checkpoints'))
   params_after = train.evaluate_workdir(config, workdir)
   assert set(params_after) == {'single_query', 'multi_query'}
+
+
+def test_grad_clip_norm_bounds_the_update_to_lr_times_the_clip():
+  """Plain SGD (no momentum, no decay, one group) moves params by lr · g · min(1, c/‖g‖)."""
+  import jax.numpy as jnp
+
+  c = load_config(os.path.join(REPO, 'configs/baseline.py'))
+  c.optim.momentum, c.optim.nesterov, c.optim.weight_decay = 0.0, False, 0.0
+  c.optim.backbone_lr_mult, c.schedule.warmup_epochs = 1.0, 1
+  params = {'layer1': {'w': jnp.zeros(4)}, 'bnneck': {'b': jnp.zeros(1)}}
+  grads = {
+    'layer1': {'w': jnp.array([3.0, 4.0, 0.0, 0.0])},
+    'bnneck': {'b': jnp.zeros(1)},
+  }  # ‖g‖ = 5
+  for clip, expected_norm in ((0.0, 0.1 * 5.0), (2.0, 0.1 * 2.0), (10.0, 0.1 * 5.0)):
+    c.optim.grad_clip_norm = clip
+    tx = train.make_optimizer(c, 1, params)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    assert float(jnp.linalg.norm(updates['layer1']['w'])) == pytest.approx(expected_norm, rel=1e-5)
+  c.optim.grad_clip_norm = -1.0
+  with pytest.raises(ValueError, match='grad_clip_norm'):
+    train.make_optimizer(c, 1, params)

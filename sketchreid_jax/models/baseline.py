@@ -19,6 +19,9 @@ Interpretations chosen:
 * Parameter tree: ``photo_stem/{conv1,bn1}``, ``sketch_stem/{conv1,bn1}``, ``layer1``…``layer4``
   (torchvision block names inside, see resnet.py), ``gem`` (only with a learnable p),
   ``bnneck/{bn,classifier}``.
+* ImageNet init (``config.model.init_checkpoint``): ``resnet50_init_map`` declares what comes
+  from a converted torchvision ResNet-50 (each stem its own copy of conv1/bn1, layer1–4 from
+  layer1–4); ``weights.pretrained.load_pretrained_backbone`` applies it. CMDSL inherits it.
 
 Building blocks for later methods (CMDSL's CMAlign pushes reconstructed layer-3 maps through
 ``stages(start='layer4', stop='layer4')`` and ``head``): ``stem``, ``stages``, ``head``, and the
@@ -35,7 +38,13 @@ import jax.numpy as jnp
 
 from sketchreid_jax.models.fusion import fuse_groups
 from sketchreid_jax.models.heads import BNNeck, GeM
-from sketchreid_jax.models.resnet import ResNetStage, ResNetStem, run_stages, stage_specs
+from sketchreid_jax.models.resnet import (
+  STAGE_NAMES,
+  ResNetStage,
+  ResNetStem,
+  run_stages,
+  stage_specs,
+)
 
 Dtype = Any
 Array = jax.Array
@@ -97,6 +106,19 @@ class Baseline(nn.Module):
       scale_init_std=self.neck_scale_init_std,
       classifier_init_std=self.classifier_init_std,
     )
+
+  @nn.nowrap
+  def resnet50_init_map(self) -> dict[str, str]:
+    """Which parts start from an ImageNet ResNet-50 (``weights.pretrained``): path in this
+    model's variables → path in ``models.ResNet50``'s, in 'params' and 'batch_stats' alike.
+
+    Each modality-specific stem gets its own copy of conv1/bn1; the shared layer1–4 come from
+    layer1–4. Everything else (GeM, BNNeck and its classifier, CMDSL's FFAMs) keeps its fresh init.
+    """
+    stems = {
+      f'{stem}/{part}': part for stem in ('photo_stem', 'sketch_stem') for part in ('conv1', 'bn1')
+    }
+    return stems | {name: name for name in STAGE_NAMES}
 
   def stem(self, x: Array, *, modality: int, train: bool) -> Array:
     """The modality-specific stem: 0 = photo, 1 = sketch."""

@@ -38,7 +38,9 @@ Outputs of ``__call__`` (rows of each entry are this device's N samples of one m
 
 Parameter tree: ``{photo,aux,sketch}_stream/{stem/{conv1,bn1},layer1,layer2}``, ``layer3``,
 ``layer4``, ``gem/p``, ``bnneck/{bn,classifier}``, ``dag/edge_kernel``, ``mia/...``,
-``mia_bnneck/{bn,classifier}``.
+``mia_bnneck/{bn,classifier}``. ImageNet init (``config.model.init_checkpoint``):
+``resnet50_init_map`` gives every stream its own copy of the ResNet-50 stem and private stages, as
+the reference code does; ``weights.pretrained.load_pretrained_backbone`` applies it.
 """
 
 from typing import Any
@@ -52,7 +54,7 @@ from sketchreid_jax.models.dag import DAG
 from sketchreid_jax.models.fusion import fuse_groups
 from sketchreid_jax.models.heads import BNNeck, GeM
 from sketchreid_jax.models.mia import MIA
-from sketchreid_jax.models.resnet import ResNetStage, ResNetStem, stage_specs
+from sketchreid_jax.models.resnet import STAGE_NAMES, ResNetStage, ResNetStem, stage_specs
 
 Dtype = Any
 Array = jax.Array
@@ -151,6 +153,22 @@ class DALNet(nn.Module):
     if self.use_mia:
       self.mia = MIA(reduction=self.mia_reduction)
       self.mia_bnneck = BNNeck(**neck)
+
+  @nn.nowrap
+  def resnet50_init_map(self) -> dict[str, str]:
+    """Which parts start from an ImageNet ResNet-50 (``weights.pretrained``): path in this
+    model's variables → path in ``models.ResNet50``'s, in 'params' and 'batch_stats' alike.
+
+    Each stream (photo, sketch and, with ``use_aux``, aux) gets its own copy of conv1/bn1 and of
+    the private stages layer1..layer{num_private_stages}; the shared stages come from the stages of
+    the same name. The DAG, GeM, both BNNecks (and classifiers) and MIA keep their fresh init.
+    """
+    private = STAGE_NAMES[: self.num_private_stages]
+    mapping = {}
+    for stream in STREAMS if self.use_aux else ('photo', 'sketch'):
+      mapping |= {f'{stream}_stream/stem/{part}': part for part in ('conv1', 'bn1')}
+      mapping |= {f'{stream}_stream/{name}': name for name in private}
+    return mapping | {name: name for name in STAGE_NAMES[self.num_private_stages :]}
 
   def _shared(self, x: Array, *, train: bool) -> Array:
     for stage in self.shared:

@@ -1,5 +1,8 @@
-"""CLI: convert an official PyTorch checkpoint to Flax variables (DESIGN.md §4 U²-Net, §6).
+"""CLI: convert an official PyTorch checkpoint to Flax variables (DESIGN.md §3, §4 Backbone and
+U²-Net, §6).
 
+    python -m sketchreid_jax.tools.convert_weights --model=resnet50 \\
+        --input=resnet50-0676ba61.pth --output=pretrained/resnet50.msgpack
     python -m sketchreid_jax.tools.convert_weights --model=u2netp --input=u2netp.pth \\
         --output=pretrained/u2netp.msgpack
 
@@ -18,6 +21,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from sketchreid_jax.weights import io as weights_io
+from sketchreid_jax.weights.resnet import torchvision_resnet50
 from sketchreid_jax.weights.u2net import u2net_from_state_dict
 
 
@@ -28,8 +32,13 @@ class Converter(NamedTuple):
   convert: Callable[[Mapping[str, np.ndarray]], dict[str, Any]]
 
 
-# Keyed by --model. ResNet-50 (torchvision) is meant to join as one more entry.
+# Keyed by --model; the default output is pretrained/<model>.msgpack.
 CONVERTERS: dict[str, Converter] = {
+  'resnet50': Converter(
+    'torchvision ImageNet ResNet-50 for models.ResNet50 and config.model.init_checkpoint '
+    '(resnet50-0676ba61.pth, 98 MB)',
+    torchvision_resnet50,
+  ),
   'u2net': Converter(
     'official U2NET for models.U2Net (u2net.pth, 176 MB)',
     lambda sd: u2net_from_state_dict(sd, small=False),
@@ -42,18 +51,26 @@ CONVERTERS: dict[str, Converter] = {
 
 _EPILOG = """\
 where the files come from (nothing is downloaded by this tool):
+  resnet50-0676ba61.pth (98 MB) is torchvision's ImageNet ResNet-50 (IMAGENET1K_V1), the file
+  torchvision.models.resnet50(weights='IMAGENET1K_V1') downloads from
+  download.pytorch.org/models/. Older torchvision releases (and the re-id reference code) fetch
+  the same V1 weights as resnet50-19c8e357.pth; resnet50-11ad3fa6.pth (IMAGENET1K_V2) converts
+  too. Take the copy torch cached (~/.cache/torch/hub/checkpoints/) or download it yourself, then
+  point a config at the output: --config.model.init_checkpoint=pretrained/resnet50.msgpack.
   u2net.pth (176 MB) and u2netp.pth (4.7 MB) are the pretrained weights linked from the
   README of the official U-2-Net repository (github.com/xuebinqin/U-2-Net, saved_models/).
   Download them yourself and pass the file with --input.
 
 input formats:
-  .pth/.pt      needs PyTorch (an optional extra: pip install torch); a training checkpoint
-                with a 'state_dict' or 'model' entry is unwrapped
+  .pth/.pt      needs PyTorch (the optional extra: pip install -e '.[torch]', or pip install
+                torch; the CPU build is enough); a training checkpoint with a
+                'state_dict' or 'model' entry is unwrapped
   .npz          numpy arrays by PyTorch key, e.g. made elsewhere with
-                np.savez('u2netp.npz', **{k: v.numpy() for k, v in sd.items()})
+                np.savez('resnet50.npz', **{k: v.numpy() for k, v in sd.items()})
   .safetensors  needs pip install safetensors
 
 examples:
+  python -m sketchreid_jax.tools.convert_weights --model=resnet50 --input=resnet50-0676ba61.pth
   python -m sketchreid_jax.tools.convert_weights --model=u2netp --input=u2netp.pth
   python -m sketchreid_jax.tools.convert_weights --model=u2net --input=u2net.npz \\
       --output=pretrained/u2net.msgpack

@@ -36,8 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from sketchreid_jax.models.u2net import U2Net, U2NetP
+from sketchreid_jax.weights.state_dict import layout_problems, leaves, strip_prefix
 
-_DATA_PARALLEL_PREFIX = 'module.'
 _MAX_LISTED = 10
 
 # Flax leaf name → PyTorch suffix, per kind of layer.
@@ -50,14 +50,6 @@ def variant_name(small: bool) -> str:
   return 'U2NETP (u2netp.pth)' if small else 'U2NET (u2net.pth)'
 
 
-def _leaves(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()):
-  for key, value in tree.items():
-    if isinstance(value, Mapping):
-      yield from _leaves(value, prefix + (key,))
-    else:
-      yield prefix + (key,), value
-
-
 @functools.lru_cache(maxsize=2)
 def expected_layout(small: bool) -> dict[str, tuple[str, tuple[str, ...], tuple[int, ...]]]:
   """PyTorch key → (Flax collection, Flax path, PyTorch shape) for U2NetP (small) or U2Net."""
@@ -67,7 +59,7 @@ def expected_layout(small: bool) -> dict[str, tuple[str, tuple[str, ...], tuple[
     lambda: module.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)), train=False)
   )
   layout = {}
-  for path, leaf in _leaves(shapes['params']):
+  for path, leaf in leaves(shapes['params']):
     *parent, name = path
     siblings = shapes['params']
     for part in parent:
@@ -77,52 +69,20 @@ def expected_layout(small: bool) -> dict[str, tuple[str, tuple[str, ...], tuple[
     if name == 'kernel':  # HWIO → OIHW
       shape = (shape[3], shape[2], shape[0], shape[1])
     layout['.'.join(parent + [names[name]])] = ('params', path, shape)
-  for path, leaf in _leaves(shapes['batch_stats']):
+  for path, leaf in leaves(shapes['batch_stats']):
     *parent, name = path
     layout['.'.join(parent + [_BN_STAT_NAMES[name]])] = ('batch_stats', path, tuple(leaf.shape))
   return layout
 
 
-def _strip_prefix(state_dict: Mapping[str, Any]) -> dict[str, Any]:
-  out = {}
-  for key, value in state_dict.items():
-    if not isinstance(key, str):
-      raise TypeError(f'state dict keys must be strings (PyTorch parameter names), got {key!r}.')
-    key = key.removeprefix(_DATA_PARALLEL_PREFIX)
-    if key in out:
-      raise ValueError(
-        f'state dict has {key!r} both with and without the {_DATA_PARALLEL_PREFIX!r} prefix; '
-        f'keep one copy.'
-      )
-    out[key] = value
-  return out
-
-
 def _problems(state_dict: Mapping[str, Any], small: bool) -> list[str]:
-  layout = expected_layout(small)
-  bn_prefixes = {key.rsplit('.', 1)[0] for key in layout if key.endswith('.running_mean')}
-  problems = []
-  for key, (_, _, shape) in layout.items():
-    if key not in state_dict:
-      problems.append(f'missing key {key!r} (expected shape {shape})')
-    elif tuple(np.shape(state_dict[key])) != shape:
-      problems.append(
-        f'shape mismatch for {key!r}: file has {tuple(np.shape(state_dict[key]))}, '
-        f'{variant_name(small)} expects {shape}'
-      )
-  for key in state_dict:
-    if key in layout:
-      continue
-    if key.endswith('.num_batches_tracked') and key.rsplit('.', 1)[0] in bn_prefixes:
-      continue
-    problems.append(f'unexpected key {key!r} (shape {tuple(np.shape(state_dict[key]))})')
-  return problems
+  return layout_problems(state_dict, expected_layout(small), variant_name(small))
 
 
 def u2net_from_state_dict(state_dict: Mapping[str, Any], *, small: bool) -> dict[str, Any]:
   """Convert an official U²-Net state dict (numpy arrays by PyTorch key) to Flax variables
   ``{'params': …, 'batch_stats': …}`` for ``U2NetP`` (``small=True``) or ``U2Net``."""
-  state_dict = _strip_prefix(state_dict)
+  state_dict = strip_prefix(state_dict)
   problems = _problems(state_dict, small)
   if problems:
     listed = '\n  '.join(problems[:_MAX_LISTED])
