@@ -22,9 +22,11 @@ Interpretations chosen (the DESIGN contract leaves these open):
   gallery item ranks first. This makes results deterministic; for tied matches vs non-matches the
   outcome depends on gallery order, as in the reference implementations.
 
-Vectorisation: the matrix is argsorted once; everything after works on the (sparse) list of
-same-pid entries of the sorted matrix, in row-major order, with segment-wise cumulative sums — no
-Python loop over queries or gallery items, and memory beyond the argsort is O(#same-pid pairs).
+Vectorisation: each row's distances are sorted once (values, not indices); every same-pid item's
+stable rank is then found by binary search (one short loop over queries, never over gallery items
+or pairs), and everything after works on the sparse list of same-pid entries with segment-wise
+cumulative sums. At Market-1501 scale (3,368 × 15,913) this is several times faster than a stable
+argsort of the whole matrix; ``tools.bench --what=rank`` measures it.
 """
 
 from dataclasses import dataclass
@@ -84,6 +86,38 @@ def _segment_cumsum(values: np.ndarray, first: np.ndarray) -> np.ndarray:
   return total - before_segment
 
 
+def _same_pid_positions(
+  distmat: np.ndarray, q_pids: np.ndarray, g_pids: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(rows, cols, pos) of every same-pid (query, gallery) pair, grouped by query and in rank order;
+  ``pos`` is the 0-based position of gallery item ``cols`` in the stable ranking of row ``rows``.
+
+  Equal to ``argsort(distmat, kind='stable')`` restricted to same-pid items, without sorting
+  indices: each row's values are sorted once (``np.sort``, several times faster than a stable
+  argsort) and a positive's position is the number of smaller values, plus the tied values at an
+  earlier gallery index (ties are rare; those rows are counted exactly).
+  """
+  rows, cols = np.nonzero(q_pids[:, None] == g_pids[None, :])
+  if rows.size == 0:
+    return rows, cols, rows.copy()
+  values = distmat[rows, cols]
+  ordered = np.sort(distmat, axis=1)
+  pos = np.empty(rows.shape, np.int64)
+  tied = np.zeros(rows.shape, bool)
+  bounds = np.searchsorted(rows, np.arange(distmat.shape[0] + 1))
+  for q in np.flatnonzero(np.diff(bounds)):  # one iteration per query with a same-pid item
+    sl = slice(bounds[q], bounds[q + 1])
+    lo = np.searchsorted(ordered[q], values[sl], side="left")
+    hi = np.searchsorted(ordered[q], values[sl], side="right")
+    pos[sl] = lo
+    tied[sl] = hi - lo > 1
+  for i in np.flatnonzero(tied):
+    row = distmat[rows[i]]
+    pos[i] += np.count_nonzero(row[: cols[i]] == values[i])
+  order = np.lexsort((pos, rows))
+  return rows[order], cols[order], pos[order]
+
+
 def evaluate_rank(
   distmat, q_pids, g_pids, q_camids=None, g_camids=None, max_rank: int = 50
 ) -> RankResult:
@@ -131,14 +165,9 @@ def evaluate_rank(
     q_camids = _as_1d(q_camids, "q_camids", num_q, "distmat row (query)")
     g_camids = _as_1d(g_camids, "g_camids", num_g, "distmat column (gallery item)")
 
-  # Stable sort: ties keep gallery order, so the result is deterministic (see module docstring).
-  order = np.argsort(distmat, axis=1, kind="stable")
-  same_pid_sorted = np.take_along_axis(q_pids[:, None] == g_pids[None, :], order, axis=1)
-  # Row-major nonzero: grouped by query, and within a query in rank order.
-  rows, pos = np.nonzero(same_pid_sorted)
-  del same_pid_sorted
+  rows, cols, pos = _same_pid_positions(distmat, q_pids, g_pids)
   if use_cams:
-    removed = (q_camids[rows] == g_camids[order[rows, pos]]).astype(np.int64)
+    removed = (q_camids[rows] == g_camids[cols]).astype(np.int64)
   else:
     removed = np.zeros(rows.shape, np.int64)
 

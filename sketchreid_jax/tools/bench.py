@@ -1,0 +1,272 @@
+r"""The project's speed measurements: train step, input pipeline, ranking, memory. Prints a table and
+writes JSON (with the machine it ran on).
+
+  python -m sketchreid_jax.tools.bench --what=step,pipeline,rank --out=bench.json \
+      --config=configs/cmdsl.py:market_mq [--width=64 --image_size=288,144 --P=8 --K=4]
+
+What each part measures:
+  step      one compiled training step of --config's method at --width, --image_size and a
+            2·P·K batch (P identities × K photos and K sketches) on random images: compile time
+            (first call, cold unless the JAX cache already holds it) and images/s over --steps
+            steady-state steps (state donated, batch already on the device, no host round trip
+            per step)
+  pipeline  the tf.data training pipeline from the JPEG bytes of --data_root (Market-Sketch-1K
+            layout; the synthetic one by default) to normalised, augmented P×K batches, with one
+            tf.data thread (per core) and with all threads, as images/s
+  rank      distances + evaluate_rank at Market-1501 scale by default (3,368 queries × 15,913
+            gallery, 2,048-d L2-normalised random features, 751 identities, 6 cameras)
+  memory    always reported: peak host RSS of this process and, on an accelerator, its peak
+            device memory
+
+Numbers depend on the machine: the JSON records the CPU count, the JAX backend and device kind.
+"""
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import time
+from collections.abc import Sequence
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+PARTS = ('step', 'pipeline', 'rank')
+
+
+def _parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(
+    prog='python -m sketchreid_jax.tools.bench',
+    description=__doc__.split('\n\n')[0],
+    epilog=__doc__.split('\n\n', 1)[1],
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  p.add_argument(
+    '--what', default='step,pipeline,rank', help='comma-separated parts: ' + ', '.join(PARTS)
+  )
+  p.add_argument('--config', default='configs/cmdsl.py:market_mq', help='config[:preset] for step')
+  p.add_argument('--width', type=int, default=None, help='ResNet width (default: the config\'s)')
+  p.add_argument('--image_size', default=None, help='H,W (default: the config\'s)')
+  p.add_argument('--P', type=int, default=None, help='identities per batch (default: config)')
+  p.add_argument('--K', type=int, default=None, help='images per identity and modality')
+  p.add_argument('--dtype', default=None, help="'float32' or 'bfloat16' (default: config)")
+  p.add_argument('--steps', type=int, default=5, help='timed steps after the compiling one')
+  p.add_argument(
+    '--data_root',
+    default='data/synthetic/market_sketch',
+    help='Market-Sketch-1K layout for the pipeline part',
+  )
+  p.add_argument('--batches', type=int, default=20, help='timed pipeline batches')
+  p.add_argument('--queries', type=int, default=3368)
+  p.add_argument('--gallery', type=int, default=15913)
+  p.add_argument('--dim', type=int, default=2048)
+  p.add_argument('--out', default='bench.json', help="JSON output ('' = none)")
+  p.add_argument(
+    '--jax_cache', default='', help="JAX compilation cache dir ('' = off: cold compile)"
+  )
+  return p
+
+
+def _config(args):
+  from sketchreid_jax.config_base import load_config
+
+  config = load_config(args.config)
+  if args.width:
+    config.model.width = args.width
+  if args.image_size:
+    config.data.image_size = tuple(int(x) for x in args.image_size.split(','))
+  if args.P:
+    config.sampler.P = args.P
+  if args.K:
+    config.sampler.K = args.K
+  if args.dtype:
+    config.model.dtype = args.dtype
+  return config
+
+
+def bench_step(args) -> dict:
+  import functools
+
+  import jax
+  import numpy as np
+
+  from sketchreid_jax import parallel, train
+  from sketchreid_jax.methods import get_method
+
+  config = _config(args)
+  method = get_method(config.method)
+  num_classes = 500
+  model = method.model_for(config, num_classes, parallel.AXIS)
+  state = train.create_train_state(config, model, 100, jax.random.key(0))
+  launcher = parallel.make_launcher(
+    functools.partial(train.train_step, model=model, method=method, config=config),
+    kind=config.parallel.launcher,
+  )
+  P, K = config.sampler.P, config.sampler.K
+  h, w = config.data.image_size
+  rng = np.random.default_rng(0)
+  ids = rng.choice(num_classes, P, replace=False)
+  batch = {
+    'image': rng.normal(size=(2 * P * K, h, w, 3)).astype(np.float32),
+    'label': np.concatenate([np.repeat(ids, K)] * 2).astype(np.int32),
+    'modality': np.repeat([0, 1], P * K).astype(np.int32),
+    'attributes': rng.integers(0, 2, size=(2 * P * K, 27)).astype(np.int32),
+    'mask': np.ones((2 * P * K, h, w, 1), np.float32),
+  }
+  batch = {
+    k: v
+    for k, v in batch.items()
+    if k in ('image', 'label', 'modality') or k in method.model_inputs
+  }
+  perm = parallel.device_major_permutation(P, K, launcher.num_devices)
+  device_batch = launcher.put_batch({k: v[perm] for k, v in batch.items()})
+  state = launcher.put_state(state)
+  t = time.perf_counter()
+  state, metrics = launcher.step(state, device_batch)
+  jax.block_until_ready(metrics)
+  compile_s = time.perf_counter() - t
+  t = time.perf_counter()
+  for _ in range(args.steps):
+    state, metrics = launcher.step(state, device_batch)
+  jax.block_until_ready(metrics)
+  step_s = (time.perf_counter() - t) / args.steps
+  return {
+    'config': args.config,
+    'method': config.method,
+    'width': config.model.width,
+    'image_size': list(config.data.image_size),
+    'batch': 2 * P * K,
+    'dtype': config.model.dtype,
+    'devices': launcher.num_devices,
+    'compile_plus_first_step_s': compile_s,
+    'step_s': step_s,
+    'images_per_s': 2 * P * K / step_s,
+  }
+
+
+def bench_pipeline(args) -> dict:
+  import numpy as np
+
+  from sketchreid_jax import datasets, input_pipeline
+  from sketchreid_jax.config_base import base_config
+
+  config = _config(args)
+  data = base_config().data
+  data.root = args.data_root
+  table = datasets.load(data)
+  train_set = input_pipeline.make_train_set(table, input_pipeline.available_styles(table, 'train'))
+  P, K = config.sampler.P, config.sampler.K
+  plan = input_pipeline.pk_plan(train_set, P=P, K=K, epoch=0, seed=0)
+  out = {'image_size': list(config.data.image_size), 'batch': 2 * P * K}
+  for threads, name in ((1, 'images_per_s_1_thread'), (0, 'images_per_s_all_threads')):
+    it = input_pipeline.train_iterator(
+      table,
+      train_set,
+      plan=np.concatenate([plan] * (1 + args.batches // len(plan))),
+      image_size=tuple(config.data.image_size),
+      pad=config.data.pad,
+      flip=True,
+      random_erasing=0.5,
+      seed=0,
+      epoch=0,
+      threads=threads,
+    )
+    next(it)  # warm-up: graph tracing and the first prefetch
+    t = time.perf_counter()
+    for _ in range(args.batches):
+      next(it)
+    out[name] = args.batches * 2 * P * K / (time.perf_counter() - t)
+  return out
+
+
+def bench_rank(args) -> dict:
+  import numpy as np
+
+  from sketchreid_jax.evaluation import evaluate_rank, pairwise_distance
+
+  rng = np.random.default_rng(0)
+  q = rng.normal(size=(args.queries, args.dim)).astype(np.float32)
+  g = rng.normal(size=(args.gallery, args.dim)).astype(np.float32)
+  q /= np.linalg.norm(q, axis=1, keepdims=True)
+  g /= np.linalg.norm(g, axis=1, keepdims=True)
+  q_pids = rng.integers(0, 751, args.queries)
+  g_pids = np.concatenate(
+    [
+      q_pids[rng.integers(0, args.queries, args.gallery // 2)],
+      rng.integers(0, 751, args.gallery - args.gallery // 2),
+    ]
+  )
+  q_cams, g_cams = rng.integers(0, 6, args.queries), rng.integers(0, 6, args.gallery)
+  t = time.perf_counter()
+  dist = pairwise_distance(q, g)
+  dist_s = time.perf_counter() - t
+  t = time.perf_counter()
+  result = evaluate_rank(dist, q_pids, g_pids, q_cams, g_cams)
+  rank_s = time.perf_counter() - t
+  return {
+    'queries': args.queries,
+    'gallery': args.gallery,
+    'dim': args.dim,
+    'distance_s': dist_s,
+    'evaluate_rank_s': rank_s,
+    'total_s': dist_s + rank_s,
+    'mAP_random': result.mAP,
+  }
+
+
+def machine() -> dict:
+  import jax
+
+  device = jax.devices()[0]
+  return {
+    'platform': platform.platform(),
+    'processor': platform.processor(),
+    'cpu_count': os.cpu_count(),
+    'python': sys.version.split()[0],
+    'jax': jax.__version__,
+    'backend': jax.default_backend(),
+    'device_kind': device.device_kind,
+    'device_count': jax.device_count(),
+  }
+
+
+def memory() -> dict:
+  import jax
+
+  out = {'peak_host_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+  stats = jax.devices()[0].memory_stats() or {}
+  if 'peak_bytes_in_use' in stats:
+    out['peak_device_mb'] = stats['peak_bytes_in_use'] / 2**20
+  return out
+
+
+BENCHES = {'step': bench_step, 'pipeline': bench_pipeline, 'rank': bench_rank}
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+  args = _parser().parse_args(argv)
+  parts = [p.strip() for p in args.what.split(',') if p.strip()]
+  unknown = [p for p in parts if p not in BENCHES]
+  if unknown:
+    raise SystemExit(f'--what: unknown part(s) {unknown}; choose from {", ".join(PARTS)}')
+  import jax
+
+  if args.jax_cache:
+    jax.config.update('jax_compilation_cache_dir', args.jax_cache)
+  report = {'machine': machine()}
+  for part in parts:
+    print(f'bench: {part} ...', flush=True)
+    report[part] = BENCHES[part](args)
+    print(json.dumps(report[part], indent=2), flush=True)
+  report['memory'] = memory()
+  print(json.dumps({'machine': report['machine'], 'memory': report['memory']}, indent=2))
+  if args.out:
+    with open(args.out, 'w') as f:
+      json.dump(report, f, indent=2)
+    print(f'wrote {args.out}')
+  return report
+
+
+if __name__ == '__main__':
+  main()
