@@ -458,7 +458,8 @@ def _flatten(d: dict, prefix: str = '') -> dict:
 
 
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Evaluates the best (else the latest) checkpoint of a training workdir on config's protocols."""
+  """Evaluates the best (else the latest) checkpoint of a training workdir on config's protocols;
+  the reports go to ``<workdir>/evaluate/``."""
   meta_path = os.path.join(workdir, 'train_meta.json')
   if not os.path.exists(meta_path):
     raise FileNotFoundError(
@@ -476,11 +477,12 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if manager.latest_step() is None:
     raise FileNotFoundError(f'no checkpoint in {workdir}/best or {workdir}/checkpoints')
   state = restore_latest(manager, state)
+  # Its own folder: the training's reports stay as they were, whatever protocol is asked for here.
   return evaluate_lib.evaluate(
     model,
     {'params': state.params, 'batch_stats': state.batch_stats},
     table,
     config,
-    workdir=workdir,
+    workdir=os.path.join(workdir, 'evaluate'),
     extra={'step': int(state.step), 'mode': 'evaluate'},
   )

@@ -123,7 +123,13 @@ def test_market_styles_per_artist_row_equals_evaluating_that_artist_alone(
   # The same checkpoint evaluated with data.test_styles='A' (no ':A' suffix) gives row S1.
   alone = _config('configs/baseline.py', tiny_market, tfds_cache, data__test_styles='A')
   alone.eval.protocols = ('single_query',)
+  before = (tmp_path / 'run' / 'results.json').read_text()
   results = train.evaluate_workdir(alone, str(tmp_path / 'run'))
+  # --mode=evaluate reports go to <workdir>/evaluate; the training's reports are kept.
+  assert (tmp_path / 'run' / 'results.json').read_text() == before
+  assert _results_json(tmp_path / 'run' / 'evaluate')['single_query']['mAP'] == pytest.approx(
+    results['single_query'].mAP
+  )
   assert results['single_query'].mAP == pytest.approx(out['records'][0]['mAP'], abs=1e-6)
   # Re-ranking and the MM'23 stem aggregate run on the same checkpoint through `evaluate`.
   alone.eval.protocols = ('multi_query:AB', 'single_query:A')
