@@ -31,6 +31,10 @@ What the seed does not give (its formula images and most numbers were lost), and
 loss weights (all 1), optimiser and schedule (the MM'23 baseline's: SGD Nesterov, lr 0.1 with the
 backbone at 0.1×, 10 warm-up epochs, ×0.1 at 20 and 50, 80 epochs), P×K = 8×4, image 288×144,
 MIA reduction 16. Circle m = 0.25, γ = 64 and the style τ = 0.07 are DESIGN's / the seed's.
+
+Training from scratch (no --config.model.init_checkpoint) with the circle terms on, add
+--config.optim.grad_clip_norm=5: their early gradients (global norm > 100 with γ = 64) made SGD at
+lr 0.05 diverge to NaN within a few hundred steps on the synthetic ablation; the papers do not clip.
 """
 
 from sketchreid_jax.config_base import PKU_SKETCH, base_config, with_preset
