@@ -142,6 +142,14 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.parallel = ml_collections.ConfigDict()
   c.parallel.launcher = 'shard_map'  # 'shard_map' (jit over a ('data',) mesh) or 'pmap'
+  # Several processes (hosts), each running the same command (parallel.initialize_distributed):
+  # 'host:port' of process 0's coordinator; '' = single process unless the environment says
+  # otherwise (JAX_COORDINATOR_ADDRESS, a multi-task srun step, an mpirun); 'auto' = JAX's own
+  # cluster detection (Cloud TPU, SLURM, Open MPI).
+  c.parallel.coordinator_address = ''
+  # Processes in the job; 0 = from the environment; 1 = single process, the environment ignored.
+  c.parallel.num_processes = 0
+  c.parallel.process_id = -1  # this process's rank, 0..num_processes-1; -1 = from the environment
   return c
 
 

@@ -7,6 +7,11 @@ r"""Command-line entry point: train and evaluate, or evaluate a trained workdir.
 overridden with ``--config.<key>=<value>``. ``--mode=train`` (default) resumes from the workdir's
 latest checkpoint if there is one. ``--mode=evaluate`` evaluates the workdir's best (else latest)
 checkpoint on the config's protocols without training.
+
+Several hosts: run the same command on every host with
+``--config.parallel.coordinator_address=host0:port --config.parallel.num_processes=N
+--config.parallel.process_id=i`` (i = 0..N-1); under ``srun``/``mpirun`` the environment provides
+them (see ``parallel.initialize_distributed``).
 """
 
 import os
@@ -31,10 +36,12 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  runtime.configure(FLAGS.jax_cache)
-  from sketchreid_jax import train
+  # First: joins a multi-process job when config.parallel or the environment asks for one.
+  runtime.configure(FLAGS.jax_cache, FLAGS.config.parallel)
+  from sketchreid_jax import parallel, train
 
   if FLAGS.mode == 'train':
+    parallel.check_identity_split(FLAGS.config.sampler.P)  # before the data are loaded
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   else:
     train.evaluate_workdir(FLAGS.config, FLAGS.workdir)

@@ -10,14 +10,21 @@ JAX_CACHE_HELP = (
 )
 
 
-def configure(jax_cache: str) -> None:
-  """Turns on the compilation cache and INFO logging without orbax's per-save chatter."""
+def configure(jax_cache: str, parallel_config=None) -> None:
+  """Joins a multi-process job if ``parallel_config`` (``config.parallel``) or the environment asks
+  for one, then turns on the compilation cache and INFO logging without orbax's per-save chatter.
+
+  Call it before anything touches JAX's devices: ``jax.distributed.initialize`` must come first.
+  """
   import jax  # imported here so that `--help` stays fast
 
+  from sketchreid_jax import parallel
+
+  logging.getLogger().setLevel(logging.INFO)
+  parallel.initialize_distributed(parallel_config)
   if jax_cache:
     jax.config.update('jax_compilation_cache_dir', jax_cache)
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
-  logging.getLogger().setLevel(logging.INFO)
   # Orbax reports every save at INFO through absl; keep its warnings, drop the chatter.
   logging.getLogger('absl').addFilter(
     lambda record: record.levelno >= logging.WARNING or 'orbax' not in record.pathname

@@ -24,7 +24,7 @@ jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
 from sketchreid_jax import parallel, train  # noqa: E402
 from sketchreid_jax.config_base import load_config  # noqa: E402
 from sketchreid_jax.methods import get_method  # noqa: E402
-from tests.steps import pk_batch  # noqa: E402
+from tests.steps import TINY_STEP, pk_batch  # noqa: E402
 
 
 def run(config, batch, devices: int, kind: str):
@@ -61,15 +61,7 @@ def rel_diff(a, b) -> float:
 
 
 def main(spec: str):
-  config = load_config(
-    spec,
-    model__width=8,
-    data__image_size=(32, 16),
-    sampler__P=4,
-    sampler__K=2,
-    optim__lr=0.01,
-    schedule__warmup_epochs=1,
-  )
+  config = load_config(spec, **TINY_STEP)
   batch = pk_batch(config, 6, seed=0)
   ref_loss, ref_delta, ref_stats = run(config, batch, 1, 'shard_map')
   out = {'loss': ref_loss, 'runs': {}}

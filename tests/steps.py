@@ -10,6 +10,17 @@ from sketchreid_jax import parallel, train
 from sketchreid_jax.methods import get_method
 
 
+# The smallest training step the parallel tests compile: ResNet-50 at width 8, 32×16 images, P×K = 4×2.
+TINY_STEP = dict(
+  model__width=8,
+  data__image_size=(32, 16),
+  sampler__P=4,
+  sampler__K=2,
+  optim__lr=0.01,
+  schedule__warmup_epochs=1,
+)
+
+
 def pk_batch(config, num_classes=6, seed=0):
   """Random images; P distinct labels, K photos then K sketches each, as the sampler lays out."""
   rng = np.random.default_rng(seed)

@@ -58,7 +58,7 @@ flags.mark_flags_as_required(['protocol', 'config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  runtime.configure(FLAGS.jax_cache)
+  runtime.configure(FLAGS.jax_cache, FLAGS.config.parallel)
   options = {
     'grid_styles': FLAGS.grid_styles,
     'subtables': FLAGS.subtables,
