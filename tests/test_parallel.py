@@ -60,13 +60,7 @@ def test_bfloat16_step_keeps_float32_state_and_a_close_loss():
   from sketchreid_jax import train
   from sketchreid_jax.methods import get_method
 
-  config = load_config(
-    os.path.join(REPO, 'configs/baseline.py'),
-    model__width=8,
-    data__image_size=(64, 32),
-    sampler__P=4,
-    sampler__K=2,
-  )
+  config = load_config(os.path.join(REPO, 'configs/baseline.py'), **steps.TINY_STEP)
   batch = steps.pk_batch(config, 6, seed=0)
   runs = {}
   for dtype in ('float32', 'bfloat16'):
@@ -75,7 +69,8 @@ def test_bfloat16_step_keeps_float32_state_and_a_close_loss():
     model = get_method('baseline').model_for(config, 6, None)
     state = train.create_train_state(config, model, 10, jax.random.key(0))
     variables = {'params': state.params, 'batch_stats': state.batch_stats}
-    feats = model.apply(variables, batch['image'][:8], modality=0, method=model.extract)['feat']
+    extract = jax.jit(lambda v, x, model=model: model.apply(v, x, modality=0, method=model.extract))
+    feats = extract(variables, batch['image'][:8])['feat']
     runs[dtype] = (metrics, feats, state)
   (f32, feat32, _), (bf16, feat16, state16) = runs['float32'], runs['bfloat16']
   assert float(abs(bf16['loss/id'] - f32['loss/id'])) <= 0.01 * float(f32['loss/id'])
