@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sketchreid_jax import input_pipeline
-from sketchreid_jax.evaluation import RankResult, evaluate_rank
+from sketchreid_jax.evaluation import RankResult, evaluate_rank, pairwise_distance
 from sketchreid_jax.evaluation import report
 from sketchreid_jax.evaluation.rerank import k_reciprocal_rerank
 
@@ -78,8 +78,7 @@ def extract_features(
 
 
 def euclidean(q: np.ndarray, g: np.ndarray) -> np.ndarray:
-  d = (q * q).sum(1)[:, None] + (g * g).sum(1)[None, :] - 2.0 * q @ g.T
-  return np.sqrt(np.maximum(d, 0.0))
+  return pairwise_distance(q, g, 'euclidean')
 
 
 def _aggregate_groups(feats: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
