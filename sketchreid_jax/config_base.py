@@ -175,13 +175,18 @@ def with_preset(
     return config
   if preset not in presets:
     raise ValueError(f'unknown preset {preset!r}; this config has: {", ".join(sorted(presets))}')
-  for key, value in presets[preset].items():
+  return set_keys(config, presets[preset], where=f'preset {preset!r}')
+
+
+def set_keys(config: ml_collections.ConfigDict, values: dict, *, where: str = 'override'):
+  """Sets dotted keys (``'optim.lr'``) of ``config`` in place; an unknown key is a KeyError."""
+  for key, value in values.items():
     node = config
     *parents, leaf = key.split('.')
     for p in parents:
       node = node[p]
     if leaf not in node:
-      raise KeyError(f'preset {preset!r} sets unknown key {key!r}')
+      raise KeyError(f'{where} sets unknown key {key!r}')
     node[leaf] = value
   return config
 
@@ -201,10 +206,4 @@ def load_config(spec: str, **overrides) -> ml_collections.ConfigDict:
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   config = module.get_config(preset) if preset else module.get_config()
-  return (
-    with_preset(
-      config, '_overrides', {'_overrides': {k.replace('__', '.'): v for k, v in overrides.items()}}
-    )
-    if overrides
-    else config
-  )
+  return set_keys(config, {k.replace('__', '.'): v for k, v in overrides.items()})

@@ -194,8 +194,8 @@ def identity_queries(model, variables, table, eval_set, config) -> Queries:
       f'available; use one of {sorted(AGGREGATES)}'
     )
   feats = AGGREGATES[config.eval.multi_query_aggregate](model, variables, table, eval_set, config)
-  first = np.array([np.flatnonzero(eval_set.query_groups == g)[0] for g in range(len(feats))])
-  return Queries(feats, eval_set.query_pids[first], eval_set.query_camids[first])
+  _, first = np.unique(eval_set.query_groups, return_index=True)  # each group's first sketch
+  return Queries(feats, eval_set.group_pids, eval_set.query_camids[first])
 
 
 def distances(queries: Queries, g_feats: np.ndarray, config) -> np.ndarray:

@@ -36,6 +36,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from sketchreid_jax.config_base import set_keys
 from sketchreid_jax.evaluation import RankResult
 
 log = logging.getLogger(__name__)
@@ -58,14 +59,7 @@ def train_run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Rank
 
 def with_values(config: ml_collections.ConfigDict, values: Mapping[str, Any]):
   """A copy of ``config`` with dotted keys set (the original, possibly locked, is untouched)."""
-  out = copy.deepcopy(config)
-  for key, value in values.items():
-    node = out
-    *parents, leaf = key.split('.')
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return out
+  return set_keys(copy.deepcopy(config), values)
 
 
 def style_label(styles: str) -> str:

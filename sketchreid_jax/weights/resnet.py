@@ -47,16 +47,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from sketchreid_jax.models.resnet import RESNET50_BLOCKS, ResNet50
-from sketchreid_jax.weights.state_dict import layout_problems, leaves, strip_prefix
+from sketchreid_jax.weights.state_dict import layout_problems, strip_prefix, torch_layout
 
 _MAX_LISTED = 10
 
 # Flax module name → torchvision module name where they differ (the downsample Sequential).
 _MODULE_NAMES = {'downsample_conv': 'downsample.0', 'downsample_bn': 'downsample.1'}
 # Flax leaf name → torchvision suffix, per kind of layer.
-_WEIGHT_NAMES = {'kernel': 'weight', 'bias': 'bias'}
-_BN_PARAM_NAMES = {'scale': 'weight', 'bias': 'bias'}
-_BN_STAT_NAMES = {'mean': 'running_mean', 'var': 'running_var'}
 # torchvision depth → blocks per stage (Bottleneck for 50+, BasicBlock for 18/34).
 _KNOWN_DEPTHS = {
   'ResNet-18': (2, 2, 2, 2),
@@ -65,11 +62,6 @@ _KNOWN_DEPTHS = {
   'ResNet-101': (3, 4, 23, 3),
   'ResNet-152': (3, 8, 36, 3),
 }
-
-
-def _torch_key(path: tuple[str, ...], leaf_names: Mapping[str, str]) -> str:
-  *parent, name = path
-  return '.'.join([_MODULE_NAMES.get(p, p) for p in parent] + [leaf_names[name]])
 
 
 @functools.lru_cache(maxsize=8)
@@ -83,21 +75,7 @@ def expected_layout(
   shapes = jax.eval_shape(
     lambda: module.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
   )
-  layout = {}
-  for path, leaf in leaves(shapes['params']):
-    *parent, name = path
-    siblings = shapes['params']
-    for part in parent:
-      siblings = siblings[part]
-    names = _WEIGHT_NAMES if 'kernel' in siblings else _BN_PARAM_NAMES
-    shape = tuple(leaf.shape)
-    if name == 'kernel':
-      # Conv HWIO → OIHW; Dense (in, out) → Linear (out, in).
-      shape = (shape[3], shape[2], shape[0], shape[1]) if len(shape) == 4 else shape[::-1]
-    layout[_torch_key(path, names)] = ('params', path, shape)
-  for path, leaf in leaves(shapes['batch_stats']):
-    layout[_torch_key(path, _BN_STAT_NAMES)] = ('batch_stats', path, tuple(leaf.shape))
-  return layout
+  return torch_layout(shapes, lambda part: _MODULE_NAMES.get(part, part))
 
 
 def _num_classes(state_dict: Mapping[str, Any]) -> int | None:

@@ -1,10 +1,15 @@
 """State-dict helpers shared by the converters: key clean-up, tree walking and the one comparison
 of a PyTorch state dict against the layout a Flax model expects."""
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
+
+# Flax leaf name → PyTorch suffix, per kind of layer (conv/dense vs BatchNorm).
+WEIGHT_NAMES = {'kernel': 'weight', 'bias': 'bias'}
+BN_PARAM_NAMES = {'scale': 'weight', 'bias': 'bias'}
+BN_STAT_NAMES = {'mean': 'running_mean', 'var': 'running_var'}
 
 # torch.nn.DataParallel / DistributedDataParallel prefix every key with this.
 DATA_PARALLEL_PREFIX = 'module.'
@@ -57,3 +62,30 @@ def layout_problems(
       continue
     problems.append(f'unexpected key {key!r} (shape {tuple(np.shape(state_dict[key]))})')
   return problems
+
+
+def torch_layout(
+  variables: Mapping[str, Any], rename: Callable[[str], str] = lambda part: part
+) -> dict[str, tuple[str, tuple[str, ...], tuple[int, ...]]]:
+  """PyTorch key → (Flax collection, Flax path, PyTorch shape) for Flax variables (arrays or
+  shape structs) made of conv, dense and BatchNorm layers; ``rename`` maps a Flax module name to
+  PyTorch's. Conv kernels HWIO → OIHW, dense kernels (in, out) → (out, in)."""
+
+  def key(path: tuple[str, ...], names: Mapping[str, str]) -> str:
+    *parent, name = path
+    return '.'.join([rename(p) for p in parent] + [names[name]])
+
+  params = variables['params']
+  layout = {}
+  for path, leaf in leaves(params):
+    siblings = params
+    for part in path[:-1]:
+      siblings = siblings[part]
+    names = WEIGHT_NAMES if 'kernel' in siblings else BN_PARAM_NAMES
+    shape = tuple(leaf.shape)
+    if path[-1] == 'kernel':
+      shape = (shape[3], shape[2], shape[0], shape[1]) if len(shape) == 4 else shape[::-1]
+    layout[key(path, names)] = ('params', path, shape)
+  for path, leaf in leaves(variables.get('batch_stats', {})):
+    layout[key(path, BN_STAT_NAMES)] = ('batch_stats', path, tuple(leaf.shape))
+  return layout

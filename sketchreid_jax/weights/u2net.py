@@ -36,14 +36,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from sketchreid_jax.models.u2net import U2Net, U2NetP
-from sketchreid_jax.weights.state_dict import layout_problems, leaves, strip_prefix
+from sketchreid_jax.weights.state_dict import layout_problems, strip_prefix, torch_layout
 
 _MAX_LISTED = 10
-
-# Flax leaf name → PyTorch suffix, per kind of layer.
-_CONV_NAMES = {'kernel': 'weight', 'bias': 'bias'}
-_BN_PARAM_NAMES = {'scale': 'weight', 'bias': 'bias'}
-_BN_STAT_NAMES = {'mean': 'running_mean', 'var': 'running_var'}
 
 
 def variant_name(small: bool) -> str:
@@ -58,21 +53,7 @@ def expected_layout(small: bool) -> dict[str, tuple[str, tuple[str, ...], tuple[
   shapes = jax.eval_shape(
     lambda: module.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)), train=False)
   )
-  layout = {}
-  for path, leaf in leaves(shapes['params']):
-    *parent, name = path
-    siblings = shapes['params']
-    for part in parent:
-      siblings = siblings[part]
-    names = _CONV_NAMES if 'kernel' in siblings else _BN_PARAM_NAMES
-    shape = tuple(leaf.shape)
-    if name == 'kernel':  # HWIO → OIHW
-      shape = (shape[3], shape[2], shape[0], shape[1])
-    layout['.'.join(parent + [names[name]])] = ('params', path, shape)
-  for path, leaf in leaves(shapes['batch_stats']):
-    *parent, name = path
-    layout['.'.join(parent + [_BN_STAT_NAMES[name]])] = ('batch_stats', path, tuple(leaf.shape))
-  return layout
+  return torch_layout(shapes)
 
 
 def _problems(state_dict: Mapping[str, Any], small: bool) -> list[str]:
