@@ -86,6 +86,21 @@ def _segment_cumsum(values: np.ndarray, first: np.ndarray) -> np.ndarray:
   return total - before_segment
 
 
+def _same_pid_pairs(q_pids: np.ndarray, g_pids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(rows, cols) of every same-pid (query, gallery) pair, by query, columns ascending: the
+  ``np.nonzero(q_pids[:, None] == g_pids[None, :])`` of a Q × G mask, from the gallery grouped by
+  pid instead (milliseconds where the mask costs ~0.1 s at Market-1501 scale)."""
+  by_pid = np.argsort(g_pids, kind="stable")
+  sorted_pids = g_pids[by_pid]
+  lo = np.searchsorted(sorted_pids, q_pids, side="left")
+  counts = np.searchsorted(sorted_pids, q_pids, side="right") - lo
+  rows = np.repeat(np.arange(q_pids.shape[0]), counts)
+  # Entry i of query q's run reads by_pid[lo[q] + i].
+  run_start = np.cumsum(counts) - counts
+  cols = by_pid[np.repeat(lo - run_start, counts) + np.arange(rows.size)]
+  return rows, cols
+
+
 def _same_pid_positions(
   distmat: np.ndarray, q_pids: np.ndarray, g_pids: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -97,7 +112,7 @@ def _same_pid_positions(
   argsort) and a positive's position is the number of smaller values, plus the tied values at an
   earlier gallery index (ties are rare; those rows are counted exactly).
   """
-  rows, cols = np.nonzero(q_pids[:, None] == g_pids[None, :])
+  rows, cols = _same_pid_pairs(q_pids, g_pids)
   if rows.size == 0:
     return rows, cols, rows.copy()
   values = distmat[rows, cols]
@@ -145,7 +160,8 @@ def evaluate_rank(
   if not np.issubdtype(distmat.dtype, np.number) or np.iscomplexobj(distmat):
     raise ValueError(f"evaluate_rank: distmat must be real-valued, got dtype {distmat.dtype}.")
   num_q, num_g = distmat.shape
-  if np.isnan(distmat).any():
+  # min propagates NaN and needs no Q × G temporary (isnan(...).any() does).
+  if np.isnan(distmat.min()):
     bad = np.argwhere(np.isnan(distmat))
     raise ValueError(
       f"evaluate_rank: distmat contains {len(bad)} NaN value(s) (first at query {bad[0, 0]}, "
