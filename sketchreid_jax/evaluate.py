@@ -17,6 +17,10 @@ protocol's distances with k-reciprocal encoding (evaluation/rerank.py).
 
 The gallery is always every photo of the test split. Sketches carry camera id 0 and photos 1–6, so
 no gallery item is removed by the same-camera rule (DESIGN §5).
+
+Errors name the protocol entry that failed: embeddings with a NaN or an Inf (how many rows, of
+which role and modality, the first image paths, and what to check), an empty query set or a
+duplicate file name (from ``input_pipeline.make_eval_set``).
 """
 
 import dataclasses
@@ -36,10 +40,32 @@ from sketchreid_jax.evaluation.rerank import k_reciprocal_rerank
 log = logging.getLogger(__name__)
 
 PHOTO, SKETCH = 0, 1
+# What the rows of each modality are in every protocol, for messages.
+ROLE = {PHOTO: 'gallery photo', SKETCH: 'query sketch'}
+# Image paths named in the error about non-finite embeddings, beyond which only the count is given.
+_MAX_LISTED = 5
 
 
 def l2_normalise(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
   return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), eps)
+
+
+def require_finite(feats: np.ndarray, what: str, paths: np.ndarray | None = None) -> None:
+  """FloatingPointError naming how many of the (N, D) ``feats`` rows hold a NaN or an Inf, what
+  they are (``what``, e.g. 'gallery photo'), the first few ``paths`` and what to do."""
+  bad = ~np.isfinite(feats).reshape(len(feats), -1).all(axis=1)
+  if not bad.any():
+    return
+  listed = ''
+  if paths is not None:
+    names = [str(p) for p in np.asarray(paths)[bad][:_MAX_LISTED]]
+    listed = f' ({", ".join(names)}{", ..." if bad.sum() > _MAX_LISTED else ""})'
+  raise FloatingPointError(
+    f'{int(bad.sum())} of {len(feats)} {what} embeddings contain NaN or Inf{listed}. The model '
+    f'produces non-finite features: training diverged (look for NaN in the training loss) or the '
+    f'checkpoint is damaged; check the checkpoint, evaluate an earlier one, or retrain with a '
+    f'lower config.optim.lr.'
+  )
 
 
 @functools.lru_cache(maxsize=8)
@@ -69,11 +95,7 @@ def extract_features(
     feat = np.asarray(fn(variables, jnp.asarray(batch['image'])))
     chunks.append(feat[np.asarray(batch['valid'])])
   feats = np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
-  if not np.all(np.isfinite(feats)):
-    raise FloatingPointError(
-      'non-finite embeddings: the model produced NaN/Inf features; the '
-      'checkpoint is probably diverged (see the training loss).'
-    )
+  require_finite(feats, ROLE[modality], table.path[np.asarray(indices)])
   return l2_normalise(feats)
 
 
@@ -145,10 +167,7 @@ def stem_group_features(
     ]
     feats = feats + np.concatenate(chunks).astype(np.float32)
   feats = feats / len(means)
-  if not np.all(np.isfinite(feats)):
-    raise FloatingPointError(
-      'non-finite multi-query embeddings; the checkpoint is probably diverged.'
-    )
+  require_finite(feats, 'multi-query (stem-fused) query sketch group')
   return l2_normalise(feats)
 
 
@@ -245,6 +264,33 @@ def parse_protocol(spec: str, default_styles: str) -> tuple[str, str]:
   return name, styles or default_styles
 
 
+def _run_protocol(model, variables, table, config, protocol, styles, gallery_cache):
+  """(RankResult, chance levels) of one protocol; gallery embeddings are shared via the cache."""
+  eval_set = input_pipeline.make_eval_set(table, styles, multi_query=protocol.multi_query)
+  key = tuple(eval_set.gallery_index)
+  if key not in gallery_cache:
+    gallery_cache[key] = extract_features(
+      model, variables, table, eval_set.gallery_index, modality=PHOTO, config=config
+    )
+  queries = protocol.queries(model, variables, table, eval_set, config)
+  result = evaluate_rank(
+    distances(queries, gallery_cache[key], config),
+    queries.pids,
+    eval_set.gallery_pids,
+    queries.camids,
+    eval_set.gallery_camids,
+    max_rank=config.eval.max_rank,
+  )
+  chance = report.chance_levels(
+    queries.pids,
+    eval_set.gallery_pids,
+    q_camids=queries.camids,
+    g_camids=eval_set.gallery_camids,
+    max_rank=config.eval.max_rank,
+  )
+  return result, chance
+
+
 def evaluate(
   model, variables, table, config, *, workdir: str | None = None, extra: dict | None = None
 ) -> dict[str, RankResult]:
@@ -255,29 +301,13 @@ def evaluate(
   specs = {spec: parse_protocol(spec, config.data.test_styles) for spec in config.eval.protocols}
   results, chances, gallery_cache = {}, {}, {}
   for spec, (name, styles) in specs.items():
-    protocol = PROTOCOLS[name]
-    eval_set = input_pipeline.make_eval_set(table, styles, multi_query=protocol.multi_query)
-    key = tuple(eval_set.gallery_index)
-    if key not in gallery_cache:
-      gallery_cache[key] = extract_features(
-        model, variables, table, eval_set.gallery_index, modality=PHOTO, config=config
+    try:
+      results[spec], chances[spec] = _run_protocol(
+        model, variables, table, config, PROTOCOLS[name], styles, gallery_cache
       )
-    queries = protocol.queries(model, variables, table, eval_set, config)
-    results[spec] = evaluate_rank(
-      distances(queries, gallery_cache[key], config),
-      queries.pids,
-      eval_set.gallery_pids,
-      queries.camids,
-      eval_set.gallery_camids,
-      max_rank=config.eval.max_rank,
-    )
-    chances[spec] = report.chance_levels(
-      queries.pids,
-      eval_set.gallery_pids,
-      q_camids=queries.camids,
-      g_camids=eval_set.gallery_camids,
-      max_rank=config.eval.max_rank,
-    )
+    except (FloatingPointError, ValueError) as err:  # which protocol failed is half the answer
+      kind = FloatingPointError if isinstance(err, FloatingPointError) else ValueError
+      raise kind(f'protocol {spec!r} of config.eval.protocols: {err}') from err
   table_rows = {name: r.to_dict() for name, r in results.items()}
   table_rows.update({f'chance ({name})': c for name, c in chances.items()})
   text = (

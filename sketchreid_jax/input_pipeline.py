@@ -589,7 +589,14 @@ class EvalSet:
 
 
 def make_eval_set(table: SampleTable, test_styles: str, *, multi_query: bool) -> EvalSet:
-  """Test sketches of ``test_styles`` vs every photo of split 'query' (DESIGN §5)."""
+  """Test sketches of ``test_styles`` vs every photo of split 'query' (DESIGN §5).
+
+  Refuses an empty query set (a style without test sketches; the error names the styles and
+  those available) and duplicate file names among the rows it would rank (the same name stem in
+  one modality and style, e.g. a gallery photo also in training: ``checks.duplicate_groups``).
+  """
+  from sketchreid_jax.datasets.checks import duplicate_groups
+
   styles = _check_styles(table, test_styles, TEST_SPLIT, "test_styles")
   in_split = table.split == TEST_SPLIT
   query = np.flatnonzero(
@@ -600,6 +607,19 @@ def make_eval_set(table: SampleTable, test_styles: str, *, multi_query: bool) ->
     raise ValueError(
       f"make_eval_set: {table.name or 'the dataset'} at {table.root} has no "
       f"photo in split '{TEST_SPLIT}' (Market-Sketch-1K: {table.root}/photo/query/)."
+    )
+  keys = list(zip(table.modality.tolist(), table.style.tolist()))
+  ranked = np.zeros(len(table), bool)
+  ranked[query] = ranked[gallery] = True
+  dupes = [ids for ids in duplicate_groups(table.path, keys) if ranked[ids].any()]
+  if dupes:
+    listed = "; ".join(" = ".join(table.path[ids]) for ids in dupes)
+    raise ValueError(
+      f"make_eval_set(test_styles={styles!r}): {len(dupes)} file name(s) of "
+      f"{table.name or 'the dataset'} at {table.root} occur more than once in one modality and "
+      f"style, so one image would be ranked twice or was also trained on: {listed}. Keep one "
+      f"copy, in the folder of its split (`python -m sketchreid_jax.tools.check_data "
+      f"{table.root or '<root>'}` lists every such file)."
     )
   unmatched = np.setdiff1d(table.pid[query], table.pid[gallery])
   if len(unmatched):

@@ -247,7 +247,6 @@ def test_style_lists_unknown_id_errors(tiny, tmp_path):
     "photo/x_1_2.jpg",
     "photo/3.jpg",
     "photo/3_0_5.jpg",  # camera 0 is the sketches' camera
-    "photo/999_1_5.jpg",  # a photo without a sketch
     "styleAnnotation/notes.txt",
     "styleAnnotation/f_1.txt",
     "styleAnnotation/a_2.txt",  # a second file for style A
@@ -299,16 +298,35 @@ def test_id_with_photos_but_no_sketch_errors(tiny, tmp_path):
     pku_sketch.scan_layout(root)
 
 
+def test_photos_without_sketch_are_left_out_with_a_warning(tiny, tmp_path):
+  root = _copy(tiny, tmp_path)
+  _, _, full = tiny
+  source = next((root / "photo").glob("7_1_*.jpg")).read_bytes()
+  stray = [root / "photo" / "999_1_5.jpg", root / "photo" / "999_2_6.jpg"]
+  for path in stray:
+    path.write_bytes(source)
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    table = load_pku_sketch(root, cache_dir=tmp_path / "cache")
+  (warning,) = [w for w in caught if "photos_without_sketch" in str(w.message)]
+  text = str(warning.message)
+  assert "photos_without_sketch: 2 (1 identity)" in text
+  for path in stray:
+    assert f"{path.resolve()}: person 999 has no sketch" in text
+  assert 999 not in table.pid.tolist()
+  assert sorted(table.path.tolist()) == sorted(full.path.tolist())
+
+
 @pytest.mark.parametrize("pattern", ["sketch/7.jpg", "photo/7_2_*.jpg"])
 def test_unreadable_image_errors(tiny, tmp_path, pattern):
   root = _copy(tiny, tmp_path)
   target = next(root.glob(pattern))
-  rel = target.relative_to(root).as_posix()
   data = target.read_bytes()
   target.write_bytes(data[: len(data) // 2])
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # the tiny set's scaled test counts
     with pytest.raises(ValueError, match=re.escape(f"{target.resolve()}: unreadable image")) as e:
       load_pku_sketch(root, cache_dir=tmp_path / "cache")
-  assert f"({rel} under the dataset root {root.resolve()})" in str(e.value)
-  assert "Re-copy it from the original dataset or remove it" in str(e.value)
+  assert "1 problem to fix" in str(e.value)
+  assert "Fix: re-copy it from the original dataset or remove it" in str(e.value)
+  assert not (tmp_path / "cache").exists()  # checked before any build

@@ -1,10 +1,14 @@
 """Dataset readers by name (``config.data.dataset``), each returning a ``SampleTable``.
 
-Real and synthetic data share the on-disk layouts of DESIGN §5, so one reader serves both.
+Real and synthetic data share the on-disk layouts of DESIGN §5, so one reader serves both. Each
+reader runs the checks of ``datasets.checks`` first and refuses (or warns) exactly as
+``check_dataset`` / ``python -m sketchreid_jax.tools.check_data`` report.
 """
 
 import os
 from typing import Callable
+
+from sketchreid_jax.datasets.checks import DataError, Report, check_dataset
 
 
 def _market_sketch(data_config):

@@ -9,6 +9,9 @@ Layout read (real data and the synthetic generator write the same)::
     <root>/market_attribute.mat       27 attributes per identity (optional)
 
 Interpretations chosen:
+- Every check, and its decision, is in ``checks.CASES`` (README "Data checks"); ``survey`` finds
+  all problems of the layout at once, ``checks.check_images`` those of the image files, and the
+  loader refuses the dataset with one error listing them all, before anything is written.
 - The identity is the first 4 characters of the file name and must be digits; any other image name
   is an error naming the file (no silent skip). Files that are not images (``Thumbs.db``,
   ``.DS_Store``, ...; anything not ending in .jpg/.jpeg/.png) are ignored: they carry no sample.
@@ -23,11 +26,15 @@ Interpretations chosen:
   than A..F are an error.
 - Every sketch identity needs a photo of the same split: a training sketch one in photo/train
   (the P×K sampler pairs each sketch with photos of its identity), a query sketch one in
-  photo/query (the gallery; a query without a true match has no rank-1). The error lists the
-  first few such ids and the folder their photos were expected in. Photo identities without a
-  sketch are fine (Market-1501's distractors and unsketched gallery people).
-- Image files are fully decoded once, when the TFDS build runs (``tfds_cache.image_examples``); an
-  unreadable one fails the build with an error naming it, it is never skipped.
+  photo/query (the gallery; a query without a true match has no rank-1). The error names each
+  such identity and the folder its photos were expected in. Photo identities without a sketch
+  are kept: in photo/query they are the gallery's distractors (Market-1501's unsketched people);
+  in photo/train ``make_train_set`` leaves them out of training with a warning.
+- The same file name twice in one modality and style (e.g. in photo/train and photo/query) is an
+  error (``checks.duplicate_problems``).
+- Image files are fully decoded before a TFDS build (``checks.check_images``): not on a cached
+  load, since the fingerprint proves the files unchanged. An unreadable file is an error, never
+  skipped; RGBA, greyscale, palette and 16-bit images are kept (``decode_rgb`` converts them).
 - The TFDS examples keep the original encoded bytes (``Tensor(shape=(), dtype=tf.string)``), so the
   stored JPEG is bit-identical to the file. Attributes are per identity, not per example, so they
   are read from the .mat by the loader, not stored in TFDS.
@@ -53,6 +60,8 @@ import numpy as np  # noqa: E402
 import scipy.io  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
+from sketchreid_jax.datasets import checks  # noqa: E402
+from sketchreid_jax.datasets.checks import Problem, Survey, duplicate_problems  # noqa: E402
 from sketchreid_jax.datasets.table import (
   MODALITY_PHOTO,
   MODALITY_SKETCH,  # noqa: E402
@@ -63,6 +72,7 @@ from sketchreid_jax.datasets.tfds_cache import (  # noqa: E402  (fingerprinted c
   cache_data_dir,
   image_examples,
   image_table_features,
+  is_built,
   quiet_tfds,
   read_split,
 )
@@ -75,14 +85,24 @@ ATTRIBUTE_NAMES = MARKET_ATTRIBUTE_NAMES
 DATASET_NAME = "market_sketch_1k"
 
 _PID_RE = re.compile(r"^(\d{4})")
-# Identities named in one error message, beyond which only the count is given.
-_MAX_LISTED = 5
 _PHOTO_RE = re.compile(r"^(\d{4})_c(\d+)s(\d+)_")
+_PHOTO_PATTERN = (
+  "<pid:04d>_c<camera>s<sequence>_<frame>_<nn>.jpg with camera >= 1 (e.g. 0002_c1s1_000451_01.jpg)"
+)
+_SKETCH_PATTERN = "<pid:04d>[anything].jpg (e.g. 0002.jpg)"
+_LAYOUT_FIX = (
+  "Market-Sketch-1K needs photo/train, photo/query and sketch/<A..F>/{train,query} under the "
+  "dataset root"
+)
+# (photo folder, sketch folder) of the training images, for messages.
+_TRAIN_FOLDERS = ("photo/train", "sketch")
+# Sketch files of one identity named in a message, beyond which only the count is given.
+_MAX_LISTED = 3
 
 
 @dataclasses.dataclass(frozen=True)
 class ImageRecord:
-  """One image found by :func:`scan_layout` (path relative to the root, posix separators)."""
+  """One image found by :func:`survey` (path relative to the root, posix separators)."""
 
   path: str
   pid: int
@@ -96,142 +116,168 @@ def _image_files(folder: Path) -> list[Path]:
   return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def _parse_pid(file: Path) -> int:
-  match = _PID_RE.match(file.name)
-  if match is None:
-    raise ValueError(
-      f"{file}: the file name must start with a 4-digit identity (e.g. 0002_c1s1_000451_01.jpg "
-      f"or 0002.jpg); rename or remove this file."
-    )
-  return int(match.group(1))
-
-
-def _parse_photo(file: Path) -> tuple[int, int]:
-  pid = _parse_pid(file)
+def _parse(file: Path, modality: int) -> tuple[int, int] | Problem:
+  """(pid, camid) from a file name, or the 'bad_name' problem naming the expected pattern."""
+  has_pid = _PID_RE.match(file.name) is not None
+  if modality == MODALITY_SKETCH:
+    if not has_pid:
+      return Problem(
+        str(file), "bad_name", f"no identity in the file name; a sketch is {_SKETCH_PATTERN}"
+      )
+    return int(file.name[:4]), 0
   match = _PHOTO_RE.match(file.name)
   if match is None or int(match.group(2)) < 1:
-    raise ValueError(
-      f"{file}: a photo name must follow the Market-1501 pattern "
-      f"<pid:04d>_c<camera>s<sequence>_<frame>_<nn>.jpg with camera >= 1 "
-      f"(e.g. 0002_c1s1_000451_01.jpg); rename or remove this file."
-    )
-  return pid, int(match.group(2))
+    what = "not a Market-1501 photo name" if has_pid else "no identity in the file name"
+    return Problem(str(file), "bad_name", f"{what}; a photo is {_PHOTO_PATTERN}")
+  return int(match.group(1)), int(match.group(2))
 
 
-def _require_dir(path: Path, what: str) -> None:
-  if not path.is_dir():
-    raise FileNotFoundError(
-      f"{path}: missing folder; expected {what}. Market-Sketch-1K needs photo/train, "
-      f"photo/query and sketch/<A..F>/{{train,query}} under the dataset root."
-    )
+def _listed(paths: list[str]) -> str:
+  more = f", ... ({len(paths)} in all)" if len(paths) > _MAX_LISTED else ""
+  return ", ".join(paths[:_MAX_LISTED]) + more
 
 
-def _id_list(pids) -> str:
-  pids = sorted(pids)
-  listed = ", ".join(f"{p:04d}" for p in pids[:_MAX_LISTED])
-  return listed + (f", ... ({len(pids)} in all)" if len(pids) > _MAX_LISTED else "")
-
-
-def _require_photos(root: Path, records: list[ImageRecord]) -> None:
+def _identity_problems(root: Path, records: list[ImageRecord]) -> list[Problem]:
   """Every sketch identity of a split has a photo of that split (see the module docstring)."""
   photo_ids = {
     split: {r.pid for r in records if r.modality == MODALITY_PHOTO and r.split == split}
     for split in SPLITS
   }
+  problems = []
   for split in SPLITS:
-    sketch_ids = {r.pid for r in records if r.modality == MODALITY_SKETCH and r.split == split}
-    missing = sketch_ids - photo_ids[split]
-    if not missing:
-      continue
-    folder = root / "photo" / split
+    sketches: dict[int, list[str]] = {}
+    for r in records:
+      if r.modality == MODALITY_SKETCH and r.split == split:
+        sketches.setdefault(r.pid, []).append(r.path)
     other = SPLITS[1 - SPLITS.index(split)]
-    misplaced = missing & photo_ids[other]
-    if split == "train":
-      what = (
-        "training sketch identities without a training photo",
-        "the P×K sampler needs photos of every training identity",
+    for pid in sorted(set(sketches) - photo_ids[split]):
+      if split == "train":
+        kind, why = "sketch_without_photo", "the P×K sampler pairs each sketch with photos"
+      else:
+        kind, why = "query_without_gallery", "a query needs its identity in the gallery"
+      hint = (
+        f" Photos of {pid:04d} are in photo/{other} instead: check that its sketches belong in "
+        f"sketch/<S>/{split} and not sketch/<S>/{other}."
+        if pid in photo_ids[other]
+        else ""
       )
-    else:
-      what = (
-        "query sketch identities without a gallery photo",
-        "a query needs its identity in the gallery",
+      problems.append(
+        Problem(
+          str(root / "photo" / split),
+          kind,
+          f"no photo of identity {pid:04d}, which has {split} sketches "
+          f"({_listed(sketches[pid])}); expected at least one {pid:04d}_c<camera>s<sequence>_"
+          f"<frame>_<nn>.jpg in this folder ({why}).{hint}",
+          pid=pid,
+        )
       )
-    hint = (
-      f" Photos of {_id_list(misplaced)} are in photo/{other} instead: check that those "
-      f"sketches belong in sketch/<S>/{split} and not sketch/<S>/{other}."
-      if misplaced
-      else ""
-    )
-    raise ValueError(
-      f"{folder}: {what[0]}: {_id_list(missing)}; expected at least one "
-      f"<pid>_c<camera>s<sequence>_<frame>_<nn>.jpg each in this folder ({what[1]}). Add the "
-      f"photos or remove those sketches from sketch/<S>/{split}.{hint}"
-    )
+  return problems
+
+
+def survey(root: str | os.PathLike) -> Survey:
+  """Every image of the layout with its parsed labels, and every layout, naming and identity
+  problem (all of them, none raised); images are not opened (``checks.check_images`` does)."""
+  root = Path(root).expanduser()
+  problems: list[Problem] = []
+  records: list[ImageRecord] = []
+
+  def need(path: Path, what: str) -> bool:
+    if not path.is_dir():
+      problems.append(
+        Problem(str(path), "missing_folder", f"missing folder; expected {what}", fix=_LAYOUT_FIX)
+      )
+    return path.is_dir()
+
+  if not need(root, "the Market-Sketch-1K dataset root"):
+    return Survey([], [], problems, _TRAIN_FOLDERS)
+  for split in SPLITS:
+    folder = root / "photo" / split
+    if not need(folder, f"the {split} photos (photo/{split}/*.jpg)"):
+      continue
+    files = _image_files(folder)
+    if not files:
+      problems.append(
+        Problem(
+          str(folder), "no_images", f"no images (*.jpg/*.jpeg/*.png); expected the {split} photos"
+        )
+      )
+    for file in files:
+      parsed = _parse(file, MODALITY_PHOTO)
+      if isinstance(parsed, Problem):
+        problems.append(parsed)
+        continue
+      rel = file.relative_to(root).as_posix()
+      records.append(ImageRecord(rel, parsed[0], MODALITY_PHOTO, "", split, parsed[1]))
+  sketch_dir = root / "sketch"
+  if need(sketch_dir, "the sketches (sketch/<A..F>/{train,query}/*.jpg)"):
+    folders = sorted(p for p in sketch_dir.iterdir() if p.is_dir())
+    for folder in folders:
+      if folder.name not in STYLES:
+        problems.append(
+          Problem(
+            str(folder),
+            "unknown_folder",
+            f"unexpected folder in sketch/; style folders are named {', '.join(STYLES)}",
+          )
+        )
+    style_dirs = [p for p in folders if p.name in STYLES]
+    if not style_dirs:
+      problems.append(
+        Problem(
+          str(sketch_dir),
+          "missing_folder",
+          f"no style folder; expected at least one of {', '.join(STYLES)} holding train/ "
+          f"and/or query/ sketches",
+          fix="add the style folders (sketch/A/train/0002.jpg, ...)",
+        )
+      )
+    for style_dir in style_dirs:
+      style = style_dir.name
+      present = [s for s in SPLITS if (style_dir / s).is_dir()]
+      if not present:
+        problems.append(
+          Problem(
+            str(style_dir),
+            "empty_style",
+            f"style folder has neither train/ nor query/; expected sketch/{style}/train/*.jpg "
+            f"and/or query/*.jpg",
+          )
+        )
+      for split in present:
+        files = _image_files(style_dir / split)
+        if not files:
+          problems.append(
+            Problem(
+              str(style_dir / split),
+              "empty_style",
+              f"no sketches for style {style} (no *.jpg/*.jpeg/*.png); expected "
+              f"sketch/{style}/{split}/<pid>.jpg",
+              fix="add the sketches or remove the empty folder",
+            )
+          )
+        for file in files:
+          parsed = _parse(file, MODALITY_SKETCH)
+          if isinstance(parsed, Problem):
+            problems.append(parsed)
+            continue
+          rel = file.relative_to(root).as_posix()
+          records.append(ImageRecord(rel, parsed[0], MODALITY_SKETCH, style, split, 0))
+  problems += _identity_problems(root, records)
+  problems += duplicate_problems(root, records)
+  train = [r for r in records if r.split == "train"]
+  return Survey(records, train, problems, _TRAIN_FOLDERS)
 
 
 def scan_layout(root: str | os.PathLike) -> list[ImageRecord]:
   """Validates the folder layout and lists every image with its parsed labels.
 
-  Raises FileNotFoundError for a missing folder and ValueError for a bad name, an empty style
-  split folder or a sketch identity without a photo of its split; each message names the
-  offending path and what was expected. Image contents are checked when the TFDS build runs.
+  Raises ``checks.DataError`` (a ValueError; ``MissingDataError``, also a FileNotFoundError, for
+  a missing folder) listing every problem :func:`survey` finds, each with its path and fix.
+  Image contents are checked by the loader before a TFDS build (``checks.check_images``).
   """
-  root = Path(root).expanduser()
-  _require_dir(root, "the Market-Sketch-1K dataset root")
-  records: list[ImageRecord] = []
-  for split in SPLITS:
-    folder = root / "photo" / split
-    _require_dir(folder, f"the {split} photos (photo/{split}/*.jpg)")
-    files = _image_files(folder)
-    if not files:
-      raise ValueError(f"{folder}: no images (*.jpg/*.jpeg/*.png); expected the {split} photos.")
-    for file in files:
-      pid, camid = _parse_photo(file)
-      records.append(
-        ImageRecord(file.relative_to(root).as_posix(), pid, MODALITY_PHOTO, "", split, camid)
-      )
-  sketch_dir = root / "sketch"
-  _require_dir(sketch_dir, "the sketches (sketch/<A..F>/{train,query}/*.jpg)")
-  style_dirs = sorted(p for p in sketch_dir.iterdir() if p.is_dir())
-  unknown = [p for p in style_dirs if p.name not in STYLES]
-  if unknown:
-    raise ValueError(
-      f"{unknown[0]}: unexpected folder in sketch/; style folders are named "
-      f"{', '.join(STYLES)}. Rename or move it."
-    )
-  if not style_dirs:
-    raise FileNotFoundError(
-      f"{sketch_dir}: no style folder; expected at least one of "
-      f"{', '.join(STYLES)} holding train/ and/or query/ sketches."
-    )
-  for style_dir in style_dirs:
-    present = [s for s in SPLITS if (style_dir / s).is_dir()]
-    if not present:
-      raise FileNotFoundError(
-        f"{style_dir}: style folder has neither train/ nor query/; "
-        f"expected sketch/{style_dir.name}/train/*.jpg and/or query/*.jpg."
-      )
-    for split in present:
-      files = _image_files(style_dir / split)
-      if not files:
-        raise ValueError(
-          f"{style_dir / split}: no sketches for style {style_dir.name} (no *.jpg/*.jpeg/*.png); "
-          f"expected sketch/{style_dir.name}/{split}/<pid>.jpg. Add the sketches or remove the "
-          f"empty folder."
-        )
-      for file in files:
-        records.append(
-          ImageRecord(
-            file.relative_to(root).as_posix(),
-            _parse_pid(file),
-            MODALITY_SKETCH,
-            style_dir.name,
-            split,
-            0,
-          )
-        )
-  _require_photos(root, records)
-  return records
+  found = survey(root)
+  checks.enforce(DATASET_NAME, Path(root).expanduser(), found, images=False)
+  return found.records
 
 
 class MarketSketch1K(LocalCodePath, tfds.core.GeneratorBasedBuilder):
@@ -259,7 +305,7 @@ class MarketSketch1K(LocalCodePath, tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     root = Path(dl_manager.manual_dir)
-    records = scan_layout(root)
+    records = scan_layout(root)  # the loader checked everything; this only re-lists
     return {
       split: self._generate_examples(root, [r for r in records if r.split == split])
       for split in SPLITS
@@ -340,7 +386,11 @@ def read_attributes(path: str | os.PathLike, pids: np.ndarray) -> dict[int, np.n
 def load_market_sketch(
   root: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None, read_batch: int = 1024
 ) -> SampleTable:
-  """Validates ``root``, builds (once per fingerprint) the TFDS dataset and reads it into a table.
+  """Checks ``root``, builds (once per fingerprint) the TFDS dataset and reads it into a table.
+
+  Every problem of the layout, the names, the identities and (before a build) the image files is
+  found first and reported at once (``checks.DataError``), before anything is written; warnings
+  and notes follow ``checks.CASES``.
 
   Args:
     root: the dataset root (the TFDS manual_dir).
@@ -349,8 +399,11 @@ def load_market_sketch(
     read_batch: examples per tf.data batch while reading (only affects reading speed).
   """
   root = Path(root).expanduser().resolve()
-  records = scan_layout(root)
+  found = survey(root)
+  records = found.records
   data_dir = cache_data_dir(cache_dir, root, [r.path for r in records])
+  # Before anything is written; a build of this fingerprint had its images checked already.
+  checks.enforce(DATASET_NAME, root, found, images=not is_built(data_dir, MarketSketch1K))
   with quiet_tfds():
     builder = MarketSketch1K(data_dir=str(data_dir))
     builder.download_and_prepare(

@@ -17,16 +17,22 @@ Interpretations chosen:
   files are unpadded: ``1.jpg``, ``1_05_356.jpg``); photos must be ``<id>_<cam>_<frame>`` with
   cam >= 1, because sketches get camid 0 and ``evaluate_rank`` would otherwise drop a photo from
   "the sketch's camera". camid = the cam field as a number (synthetic: 1, 2; real: 3..6).
+- Every check, and its decision, is in ``checks.CASES`` (README "Data checks"); ``survey`` finds
+  all problems of the layout at once, ``checks.check_images`` those of the image files, and the
+  loader refuses the dataset with one error listing them all, before anything is written.
 - Style letters are A..E, case-insensitive (the real files are ``a_46.txt``); the table uses
   upper case. Every sketch id must be in exactly one style file, every style file must list at
-  least one id, every listed id must have a sketch, every sketch at least one photo and every
-  photo a sketch: each violation is an error naming the file. The count in a style file's name
-  that disagrees with its number of ids is only a warning: the list, not the name, decides
-  membership. Blank lines are ignored.
+  least one id, every listed id must have a sketch and every sketch at least one photo: each
+  violation is an error naming the file. The count in a style file's name that disagrees with
+  its number of ids is only a warning: the list, not the name, decides membership. Blank lines
+  are ignored.
+- Photos of a person without a sketch are left out of the table with one warning listing them:
+  the person has no style, so the stratified split cannot place them (``photos_without_sketch``).
 - Files that are not images (``.DS_Store``, ...) in sketch/ and photo/, and files that are not
   ``.txt`` in styleAnnotation/, are ignored: they carry no sample.
-- Image files are fully decoded once, when the TFDS build runs (``tfds_cache.image_examples``); an
-  unreadable one fails the build with an error naming it, it is never skipped.
+- Image files are fully decoded before a TFDS build (``checks.check_images``): not on a cached
+  load, since the fingerprint proves the files unchanged. An unreadable file is an error, never
+  skipped; RGBA, greyscale, palette and 16-bit images are kept (``decode_rgb`` converts them).
 - One TFDS build holds every image (splits 'sketch' and 'photo'); the trial split is applied when
   reading, so all trials share one cache. The fingerprint also covers the style files, since
   editing them changes the stored styles.
@@ -52,6 +58,8 @@ from sketchreid_jax import tf_setup  # noqa: E402,F401  (hides GPUs from TF befo
 import numpy as np  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
+from sketchreid_jax.datasets import checks  # noqa: E402
+from sketchreid_jax.datasets.checks import Problem, Survey, duplicate_problems  # noqa: E402
 from sketchreid_jax.datasets.market_sketch import IMAGE_SUFFIXES  # noqa: E402
 from sketchreid_jax.datasets.synthetic import PKU_STYLE_COUNTS  # noqa: E402  (Table 1 totals)
 from sketchreid_jax.datasets.table import (  # noqa: E402
@@ -64,6 +72,7 @@ from sketchreid_jax.datasets.tfds_cache import (  # noqa: E402  (fingerprinted c
   cache_data_dir,
   image_examples,
   image_table_features,
+  is_built,
   quiet_tfds,
   read_split,
 )
@@ -108,148 +117,250 @@ def _image_files(folder: Path) -> list[Path]:
   return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def _require_dir(path: Path, what: str) -> None:
-  if not path.is_dir():
-    raise FileNotFoundError(
-      f"{path}: missing folder; expected {what}. PKU-Sketch needs sketch/<id>.jpg, "
-      f"photo/<id>_<cam>_<frame>.jpg and {STYLE_DIR}/<style>_<count>.txt under the dataset root."
-    )
+_LAYOUT_FIX = (
+  f"PKU-Sketch needs sketch/<id>.jpg, photo/<id>_<cam>_<frame>.jpg and "
+  f"{STYLE_DIR}/<style>_<count>.txt under the dataset root"
+)
 
 
-def _read_style_files(folder: Path) -> tuple[dict[str, list[int]], dict[int, Path], list[Path]]:
-  """ids per style letter, the file each id came from, and the files read."""
+def _read_style_files(
+  folder: Path, problems: list[Problem]
+) -> tuple[dict[str, list[int]], dict[int, Path], list[Path]]:
+  """ids per style letter, the file each id came from, and the files read; every problem of the
+  style files is appended to ``problems`` (a bad file or line is left out, the rest is read)."""
   ids_by_style: dict[str, list[int]] = {}
   source: dict[int, Path] = {}
   file_of_style: dict[str, Path] = {}
   files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ".txt")
+  read: list[Path] = []
   for file in files:
     match = _STYLE_FILE_RE.match(file.name)
     if match is None or match.group(1).upper() not in STYLES:
-      raise ValueError(
-        f"{file}: a style file must be named <style>_<count>.txt with style one of "
-        f"{', '.join(STYLES)} (either case), e.g. a_46.txt; rename or remove this file."
+      problems.append(
+        Problem(
+          str(file),
+          "bad_style_file",
+          f"a style file must be named <style>_<count>.txt with style one of "
+          f"{', '.join(STYLES)} (either case), e.g. a_46.txt",
+          fix="rename or remove this file",
+        )
       )
+      continue
     style, stated = match.group(1).upper(), int(match.group(2))
     if style in file_of_style:
-      raise ValueError(
-        f"{file}: style {style} already has {file_of_style[style]}; expected one file per "
-        f"style. Merge the two lists into one file."
+      problems.append(
+        Problem(
+          str(file),
+          "bad_style_file",
+          f"style {style} already has {file_of_style[style]}; expected one file per style",
+          fix="merge the two lists into one file",
+        )
       )
+      continue
     file_of_style[style] = file
+    read.append(file)
     ids: list[int] = []
     for lineno, line in enumerate(file.read_text().splitlines(), start=1):
       text = line.strip()
       if not text:
         continue
       if not text.isdigit():
-        raise ValueError(
-          f"{file}:{lineno}: {text!r} is not a person id; expected one numeric id per line."
+        problems.append(
+          Problem(
+            f"{file}:{lineno}",
+            "bad_style_file",
+            f"{text!r} is not a person id; expected one numeric id per line",
+          )
         )
+        continue
       pid = int(text)
       if pid in source:
-        raise ValueError(
-          f"{file}:{lineno}: person {pid} is also listed in {source[pid]}; expected every id "
-          f"in exactly one style file. Remove it from the wrong one."
+        problems.append(
+          Problem(
+            f"{file}:{lineno}",
+            "bad_style_file",
+            f"person {pid} is also listed in {source[pid]}; expected every id in exactly one "
+            f"style file",
+            fix="remove it from the wrong one",
+            pid=pid,
+          )
         )
+        continue
       source[pid] = file
       ids.append(pid)
     if not ids:
-      raise ValueError(
-        f"{file}: lists no person id; expected the ids drawn in style {style}, one per line. "
-        f"Add them or remove the file (a style needs at least 2 ids: one to test, one to train)."
+      problems.append(
+        Problem(
+          str(file),
+          "empty_style",
+          f"lists no person id; expected the ids drawn in style {style}, one per line",
+          fix="add them or remove the file (a style needs at least 2 ids: one to test, one to "
+          "train)",
+        )
       )
+      continue
     if len(ids) != stated:
-      warnings.warn(
-        f"{file}: the name says {stated} ids but the file lists {len(ids)}; using the list."
+      problems.append(
+        Problem(
+          str(file),
+          "style_count_mismatch",
+          f"the name says {stated} ids but the file lists {len(ids)}; using the list",
+        )
       )
     ids_by_style[style] = ids
   if not files:
-    raise FileNotFoundError(
-      f"{folder}: no style file; expected <style>_<count>.txt files (e.g. a_46.txt) listing "
-      f"the ids drawn in each style {', '.join(STYLES)}."
+    problems.append(
+      Problem(
+        str(folder),
+        "empty_style",
+        f"no style file; expected <style>_<count>.txt files (e.g. a_46.txt) listing the ids "
+        f"drawn in each style {', '.join(STYLES)}",
+        fix="add the style files of the dataset",
+      )
     )
-  return ids_by_style, source, files
+  return ids_by_style, source, read
+
+
+def survey(root: str | os.PathLike) -> Survey:
+  """Every image with its parsed labels (``extra``: the ``Layout``) and every layout, naming and
+  identity problem (all of them, none raised); images are not opened (``checks.check_images``).
+
+  Photos of a person without a sketch are left out, with a 'photos_without_sketch' warning.
+  """
+  root = Path(root).expanduser()
+  problems: list[Problem] = []
+  folders = {
+    "sketch": (root / "sketch", "the sketches (sketch/<id>.jpg)"),
+    "photo": (root / "photo", "the photos (photo/<id>_<cam>_<frame>.jpg)"),
+    STYLE_DIR: (root / STYLE_DIR, f"the artist styles ({STYLE_DIR}/<style>_<count>.txt)"),
+  }
+  for path, what in [(root, "the PKU-Sketch dataset root"), *folders.values()]:
+    if not path.is_dir():
+      problems.append(
+        Problem(str(path), "missing_folder", f"missing folder; expected {what}", fix=_LAYOUT_FIX)
+      )
+      if path == root:
+        break
+  sketch_dir, photo_dir, style_dir = (folders[k][0] for k in ("sketch", "photo", STYLE_DIR))
+  ids_by_style, source, style_files = (
+    _read_style_files(style_dir, problems) if style_dir.is_dir() else ({}, {}, [])
+  )
+  style_of = {pid: style for style, ids in ids_by_style.items() for pid in ids}
+
+  sketches: dict[int, Path] = {}
+  for file in _image_files(sketch_dir) if sketch_dir.is_dir() else []:
+    match = _SKETCH_RE.match(file.stem)
+    if match is None:
+      problems.append(
+        Problem(
+          str(file),
+          "bad_name",
+          "no person id in the file name; a sketch is <id>.jpg with a numeric id (e.g. 17.jpg)",
+        )
+      )
+      continue
+    pid = int(match.group(1))
+    if pid in sketches:
+      problems.append(
+        Problem(
+          str(file),
+          "duplicate_name",
+          f"person {pid} already has the sketch {sketches[pid]}; expected one sketch per person",
+          fix="remove one of them",
+          pid=pid,
+        )
+      )
+      continue
+    if pid not in style_of and style_dir.is_dir():
+      problems.append(
+        Problem(
+          str(file),
+          "id_without_style",
+          f"person {pid} is in no style file; expected its id in exactly one "
+          f"{style_dir}/<style>_<count>.txt",
+          pid=pid,
+        )
+      )
+    sketches[pid] = file
+  if sketch_dir.is_dir() and not sketches:
+    problems.append(
+      Problem(str(sketch_dir), "no_images", "no images (*.jpg/*.jpeg/*.png); expected <id>.jpg")
+    )
+  for pid, file in sorted(source.items()):
+    if sketch_dir.is_dir() and pid not in sketches:
+      problems.append(
+        Problem(
+          str(file),
+          "style_id_without_sketch",
+          f"lists person {pid} but {sketch_dir}/{pid}.jpg does not exist",
+          pid=pid,
+        )
+      )
+
+  photos: list[ImageRecord] = []
+  with_photo: set[int] = set()
+  for file in _image_files(photo_dir) if photo_dir.is_dir() else []:
+    match = _PHOTO_RE.match(file.stem)
+    if match is None or int(match.group(2)) < 1:
+      problems.append(
+        Problem(
+          str(file),
+          "bad_name",
+          "a photo name is <id>_<camera>_<frame>.jpg with numeric fields and camera >= 1 "
+          "(e.g. 1_05_356.jpg)",
+        )
+      )
+      continue
+    pid = int(match.group(1))
+    if pid not in sketches and sketch_dir.is_dir():
+      problems.append(
+        Problem(
+          str(file),
+          "photos_without_sketch",
+          f"person {pid} has no sketch {sketch_dir}/{pid}.jpg; this photo is left out",
+          pid=pid,
+        )
+      )
+      continue
+    with_photo.add(pid)
+    if pid in style_of:  # else its sketch's error covers it
+      rel = file.relative_to(root).as_posix()
+      photos.append(ImageRecord(rel, pid, MODALITY_PHOTO, "", int(match.group(2))))
+  for pid, file in sorted(sketches.items()):
+    if photo_dir.is_dir() and pid not in with_photo:
+      problems.append(
+        Problem(
+          str(file),
+          "sketch_without_photo",
+          f"person {pid} has no photo; expected at least one {photo_dir}/{pid}_<cam>_<frame>.jpg",
+          pid=pid,
+        )
+      )
+  problems += duplicate_problems(root, photos)
+
+  images = [
+    ImageRecord(file.relative_to(root).as_posix(), pid, MODALITY_SKETCH, style_of[pid], 0)
+    for pid, file in sorted(sketches.items())
+    if pid in style_of
+  ] + photos
+  layout = Layout(
+    images=images,
+    ids_by_style={s: sorted(ids_by_style[s]) for s in sorted(ids_by_style)},
+    style_files=[f.relative_to(root).as_posix() for f in style_files],
+  )
+  return Survey(images, images, problems, ("photo", "sketch"), extra=layout)
 
 
 def scan_layout(root: str | os.PathLike) -> Layout:
   """Validates the folder layout and lists every image with its parsed labels.
 
-  Raises FileNotFoundError for a missing folder and ValueError for a bad name or an inconsistent
-  id; each message names the offending path and what was expected.
+  Raises ``checks.DataError`` (a ValueError; ``MissingDataError``, also a FileNotFoundError, for
+  a missing folder) listing every problem :func:`survey` finds, each with its path and fix, then
+  warns about the rest (one warning per case of ``checks.CASES``).
   """
-  root = Path(root).expanduser()
-  _require_dir(root, "the PKU-Sketch dataset root")
-  sketch_dir, photo_dir, style_dir = root / "sketch", root / "photo", root / STYLE_DIR
-  _require_dir(sketch_dir, "the sketches (sketch/<id>.jpg)")
-  _require_dir(photo_dir, "the photos (photo/<id>_<cam>_<frame>.jpg)")
-  _require_dir(style_dir, f"the artist styles ({STYLE_DIR}/<style>_<count>.txt)")
-  ids_by_style, source, style_files = _read_style_files(style_dir)
-  style_of = {pid: style for style, ids in ids_by_style.items() for pid in ids}
-
-  sketches: dict[int, Path] = {}
-  for file in _image_files(sketch_dir):
-    match = _SKETCH_RE.match(file.stem)
-    if match is None:
-      raise ValueError(
-        f"{file}: a sketch name must be <id>.jpg with a numeric person id (e.g. 17.jpg); "
-        f"rename or remove this file."
-      )
-    pid = int(match.group(1))
-    if pid in sketches:
-      raise ValueError(
-        f"{file}: person {pid} already has the sketch {sketches[pid]}; expected one sketch "
-        f"per person. Remove one of them."
-      )
-    if pid not in style_of:
-      raise ValueError(
-        f"{file}: person {pid} is in no style file; expected its id in exactly one "
-        f"{style_dir}/<style>_<count>.txt. Add it to the file of its artist's style."
-      )
-    sketches[pid] = file
-  if not sketches:
-    raise ValueError(f"{sketch_dir}: no images (*.jpg/*.jpeg/*.png); expected sketch/<id>.jpg.")
-  for pid, file in sorted(source.items()):
-    if pid not in sketches:
-      raise ValueError(
-        f"{file}: lists person {pid} but {sketch_dir}/{pid}.jpg does not exist; add the "
-        f"sketch or remove the id from the file."
-      )
-
-  photos: list[tuple[Path, int, int]] = []
-  for file in _image_files(photo_dir):
-    match = _PHOTO_RE.match(file.stem)
-    if match is None or int(match.group(2)) < 1:
-      raise ValueError(
-        f"{file}: a photo name must be <id>_<camera>_<frame>.jpg with numeric fields and "
-        f"camera >= 1 (e.g. 1_05_356.jpg); rename or remove this file."
-      )
-    pid = int(match.group(1))
-    if pid not in sketches:
-      raise ValueError(
-        f"{file}: person {pid} has no sketch; expected {sketch_dir}/{pid}.jpg. Add the sketch "
-        f"or remove the photo."
-      )
-    photos.append((file, pid, int(match.group(2))))
-  with_photo = {pid for _, pid, _ in photos}
-  for pid, file in sorted(sketches.items()):
-    if pid not in with_photo:
-      raise ValueError(
-        f"{file}: person {pid} has no photo; expected at least one "
-        f"{photo_dir}/{pid}_<cam>_<frame>.jpg. Add the photos or remove the sketch."
-      )
-
-  images = [
-    ImageRecord(file.relative_to(root).as_posix(), pid, MODALITY_SKETCH, style_of[pid], 0)
-    for pid, file in sorted(sketches.items())
-  ] + [
-    ImageRecord(file.relative_to(root).as_posix(), pid, MODALITY_PHOTO, "", cam)
-    for file, pid, cam in photos
-  ]
-  return Layout(
-    images=images,
-    ids_by_style={s: sorted(ids_by_style[s]) for s in sorted(ids_by_style)},
-    style_files=[f.relative_to(root).as_posix() for f in style_files],
-  )
+  found = survey(root)
+  checks.enforce(DATASET_NAME, Path(root).expanduser(), found, images=False)
+  return found.extra
 
 
 def _scaled_count(requested: int, available: int, full_size: int) -> int:
@@ -359,7 +470,7 @@ class PKUSketch(LocalCodePath, tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     root = Path(dl_manager.manual_dir)
-    images = scan_layout(root).images
+    images = survey(root).records  # the loader checked everything; this only re-lists
     modality = {"sketch": MODALITY_SKETCH, "photo": MODALITY_PHOTO}
     return {
       split: self._generate_examples(root, [r for r in images if r.modality == modality[split]])
@@ -379,7 +490,11 @@ def load_pku_sketch(
   test_counts: Mapping[str, int] | None = None,
   read_batch: int = 1024,
 ) -> SampleTable:
-  """Validates ``root``, builds (once per fingerprint) the TFDS dataset, returns one trial's table.
+  """Checks ``root``, builds (once per fingerprint) the TFDS dataset, returns one trial's table.
+
+  Every problem of the layout, the style files, the names and (before a build) the image files
+  is found first and reported at once (``checks.DataError``), before anything is written;
+  warnings and notes follow ``checks.CASES``.
 
   Rows of training ids have split 'train' (their sketch and photos), rows of test ids split
   'query' (sketch = query, photos = gallery), as in Market-Sketch-1K.
@@ -394,7 +509,11 @@ def load_pku_sketch(
     read_batch: examples per tf.data batch while reading (only affects reading speed).
   """
   root = Path(root).expanduser().resolve()
-  layout = scan_layout(root)
+  found = survey(root)
+  layout = found.extra
+  data_dir = cache_data_dir(cache_dir, root, [r.path for r in layout.images] + layout.style_files)
+  # Before anything is written; a build of this fingerprint had its images checked already.
+  checks.enforce(DATASET_NAME, root, found, images=not is_built(data_dir, PKUSketch))
   # Split before building so that a bad split argument fails without writing a cache.
   _, test_ids = pku_split(
     layout.ids_by_style,
@@ -402,7 +521,6 @@ def load_pku_sketch(
     seed=split_seed,
     trial=trial,
   )
-  data_dir = cache_data_dir(cache_dir, root, [r.path for r in layout.images] + layout.style_files)
   with quiet_tfds():
     builder = PKUSketch(data_dir=str(data_dir))
     builder.download_and_prepare(

@@ -10,17 +10,13 @@ Interpretations chosen:
   fingerprints are not deleted (a cache folder may be shared by several datasets).
 - Reading returns every feature of the split as Python lists, text features decoded to ``str``,
   plus a ``split`` column naming the TFDS split the row came from.
-- Every image is fully decoded once by PIL while its example is generated (so only when a build
-  runs, never on a cached load): ``Image.verify()`` alone misses a truncated JPEG. A file that
-  cannot be read or decoded fails the build with a ValueError naming it (absolute path, and its
-  relative path under the dataset root) and the other unreadable files of the same split; it is
-  never skipped, since a missing image would silently change the identities and the protocol.
+- Examples hold the files' bytes as they are. The loaders check every image before a build
+  (``checks.check_images``: a full decode, all problems reported at once), never on a cached load.
 """
 
 import contextlib
 import hashlib
 import inspect
-import io
 import logging
 import os
 from pathlib import Path
@@ -31,7 +27,6 @@ from sketchreid_jax.tf_setup import tf  # noqa: E402  (hides GPUs from TF first)
 import tensorflow_datasets as tfds  # noqa: E402
 from absl import logging as absl_logging  # noqa: E402
 from etils import epath  # noqa: E402
-from PIL import Image, UnidentifiedImageError
 
 DEFAULT_CACHE_DIR = "~/.cache/sketchreid_jax/tfds"
 
@@ -51,6 +46,13 @@ def cache_data_dir(
 ) -> Path:
   """``<cache_dir or DEFAULT_CACHE_DIR>/<fingerprint(root, rel_paths)>``: one TFDS data_dir."""
   return Path(cache_dir or DEFAULT_CACHE_DIR).expanduser() / fingerprint(root, rel_paths)
+
+
+def is_built(data_dir: str | os.PathLike, builder_class) -> bool:
+  """Whether ``data_dir`` holds a finished build of ``builder_class`` (its dataset_info.json is
+  written last), found without constructing the builder (that logs about a missing folder)."""
+  version = Path(data_dir) / builder_class.name / str(builder_class.VERSION)
+  return (version / "dataset_info.json").is_file()
 
 
 class LocalCodePath:
@@ -116,49 +118,14 @@ def image_table_features(*, styles: str, cameras: str) -> "tfds.features.Feature
   )
 
 
-# Unreadable files listed by name in one error, beyond the first.
-_MAX_LISTED = 5
-
-
-def image_problem(data: bytes) -> str | None:
-  """Why ``data`` cannot be decoded as an image (PIL's reason), or None if it decodes fully."""
-  if not data:
-    return "the file is empty"
-  try:
-    with Image.open(io.BytesIO(data)) as img:
-      img.load()  # a full decode: verify() passes a JPEG that was cut short
-  except UnidentifiedImageError:  # its message names an anonymous BytesIO, not the file
-    return "not a format PIL recognises (JPEG, PNG, ...)"
-  except Exception as err:  # noqa: BLE001  (PIL raises several types for a corrupt file)
-    return f"{type(err).__name__}: {err}"
-  return None
-
-
-def _read_image(root: Path, rel: str) -> tuple[bytes | None, str | None]:
-  try:
-    data = (root / rel).read_bytes()
-  except OSError as err:
-    return None, f"{type(err).__name__}: {err.strerror or err}"
-  return data, image_problem(data)
-
-
 def image_examples(root: Path, records: Sequence) -> Iterator[tuple[str, dict]]:
   """TFDS examples for records with ``path``, ``pid``, ``modality``, ``style`` and ``camid``: the
-  file's raw bytes, keyed by its relative path.
-
-  Each file must decode as an image; the first one that does not raises a ValueError naming it
-  and every other unreadable file of ``records`` (they are only checked then, on failure).
-  """
-  records = list(records)
-  for i, record in enumerate(records):
-    data, problem = _read_image(root, record.path)
-    if problem is not None:
-      others = [r.path for r in records[i + 1 :] if _read_image(root, r.path)[1] is not None]
-      raise ValueError(unreadable_message(root, record.path, problem, others))
+  file's raw bytes, keyed by its relative path (the loaders checked the files first)."""
+  for record in records:
     yield (
       record.path,
       {
-        "image": data,
+        "image": (root / record.path).read_bytes(),
         "pid": record.pid,
         "modality": record.modality,
         "style": record.style,
@@ -166,16 +133,3 @@ def image_examples(root: Path, records: Sequence) -> Iterator[tuple[str, dict]]:
         "path": record.path,
       },
     )
-
-
-def unreadable_message(root: Path, rel: str, problem: str, others: Sequence[str] = ()) -> str:
-  """The error for an image file that cannot be read or decoded (path first, then the fix)."""
-  message = (
-    f"{root / rel}: unreadable image ({problem}); expected a complete JPEG or PNG file "
-    f"({rel} under the dataset root {root}). Re-copy it from the original dataset or remove "
-    f"it, then load again."
-  )
-  if others:
-    listed = ", ".join(others[:_MAX_LISTED]) + (", ..." if len(others) > _MAX_LISTED else "")
-    message += f" Also unreadable in the same split ({len(others)}): {listed}."
-  return message
