@@ -197,15 +197,20 @@ def plot_cmc(
     ax.plot(
       np.arange(1, chance.size + 1), 100.0 * chance, linestyle="--", color="gray", label="chance"
     )
+  style_cmc_axes(ax, title)
+  fig.tight_layout()
+  fig.savefig(os.fspath(path), format="png")
+  return os.fspath(path)
+
+
+def style_cmc_axes(ax, title: str | None = None) -> None:
+  """The axes of every CMC plot (one run here, several in ``viz.cmc``): labels, range, legend."""
   ax.set_xlabel("rank")
   ax.set_ylabel("matching rate (%)")
   ax.set_ylim(0.0, 102.0)  # headroom so a curve at 100 % stays visible above the frame
   ax.set_title(title or "CMC")
   ax.grid(True, alpha=0.3)
   ax.legend(loc="lower right")
-  fig.tight_layout()
-  fig.savefig(os.fspath(path), format="png")
-  return os.fspath(path)
 
 
 def _jsonable(value: Any) -> Any:
