@@ -20,7 +20,7 @@ from sketchreid_jax.viz.gradcam import (
   register_stages,
   valid_stages,
 )
-from sketchreid_jax.viz.ranked_list import ranked_list_figure
+from sketchreid_jax.viz.ranked_list import ranked_list_figure, ranked_list_from_eval, top_k_matches
 from sketchreid_jax.viz.tsne import modality_embeddings, tsne_figure, tsne_points
 
 __all__ = [
@@ -38,7 +38,9 @@ __all__ = [
   'overlay_figure',
   'plot_cmc_runs',
   'ranked_list_figure',
+  'ranked_list_from_eval',
   'register_stages',
+  'top_k_matches',
   'tsne_figure',
   'tsne_points',
   'valid_stages',
