@@ -7,10 +7,30 @@ method registry (``sketchreid_jax.methods``). The per-device step :func:`train_s
 Workdir contents: ``config.json``, ``train_meta.json`` (label ↔ identity map, steps per epoch),
 ``checkpoints/`` (latest, orbax), ``best/`` (best by mAP), TensorBoard event files, and after each
 evaluation ``results.{json,csv,md}`` and ``cmc.png``.
+
+Resumption and faults (the choices made):
+
+* A run resumes from the newest restorable step of ``checkpoints/``. Everything a step depends on is
+  a function of (seed, epoch, step) or is in the checkpoint: the P×K plan of an epoch, each image's
+  augmentation, the step's random keys (``fold_in(seed, step)``), params, optimiser and BatchNorm
+  state. A resumed run therefore computes the same steps as an uninterrupted one (bitwise on CPU).
+* A step folder that does not restore (unreadable or missing files, or non-finite arrays) while an
+  older one does is moved aside to ``checkpoints/corrupt-<step>/`` (nothing is deleted) and the run
+  resumes from the older step with a warning. If no step restores, nothing is moved and the error
+  says so (most often the config changed since the run started).
+* Non-finite values: the step computes, without a host round trip, one verdict from its averaged
+  loss terms, total loss and gradient norm; a non-finite step is not applied (params, optimiser
+  state and BatchNorm statistics keep their previous values, only the step counter advances so that
+  the data and random keys stay aligned with it) and reports ``skipped = 1``. The host reads the
+  metrics of every step before each checkpoint save and at each log step: with
+  ``train.on_nonfinite='stop'`` (default) the first such step stops training with an error naming
+  it and its non-finite terms before anything later is saved; with ``'skip'`` training goes on and a
+  warning lists the skipped steps. A skipped step does not advance the optimiser's own step count.
 """
 
 import dataclasses
 import functools
+import gc
 import json
 import logging
 import os
@@ -35,6 +55,7 @@ from sketchreid_jax.datasets import masks as masks_lib
 from sketchreid_jax import evaluate as evaluate_lib
 from sketchreid_jax import input_pipeline
 from sketchreid_jax import parallel
+from sketchreid_jax import validate as validate_lib
 from sketchreid_jax.methods import Method, get_method
 from sketchreid_jax.weights import pretrained
 
@@ -180,24 +201,39 @@ def train_step(state: TrainState, batch: dict, *, model, method: Method, config)
 
   (loss, (batch_stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   grads = parallel.pmean(grads)
-  state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-  metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
-  return state, parallel.pmean(metrics)
+  metrics = parallel.pmean(dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads)))
+  # One verdict on averaged values: a NaN on any device reaches every device's copy, so the
+  # replicated state stays identical. A non-finite gradient element makes grad_norm non-finite.
+  finite = jnp.all(jnp.stack([jnp.isfinite(v) for v in jax.tree.leaves(metrics)]))
+  new = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  keep = lambda updated, old: jax.tree.map(lambda u, o: jnp.where(finite, u, o), updated, old)
+  state = new.replace(
+    params=keep(new.params, state.params),
+    opt_state=keep(new.opt_state, state.opt_state),
+    batch_stats=keep(new.batch_stats, state.batch_stats),
+  )
+  return state, dict(metrics, skipped=1.0 - finite.astype(jnp.float32))
 
 
 # ----------------------------------------------------------------------------- checkpoints
 
 
 def _checkpoint_managers(workdir: str, config):
+  # Three kept steps, so that a corrupt newest one still leaves an older one to resume from;
+  # orbax's own temporary folders of a save that was killed are removed. The explicit handler
+  # fixes the layout (one item, 'default'): otherwise orbax infers it from a step folder, and a
+  # partial one would make every step unreadable.
   latest = ocp.CheckpointManager(
     os.path.join(os.path.abspath(workdir), 'checkpoints'),
-    options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True),
+    options=ocp.CheckpointManagerOptions(max_to_keep=3, create=True, cleanup_tmp_directories=True),
+    item_handlers=ocp.StandardCheckpointHandler(),
   )
   best = ocp.CheckpointManager(
     os.path.join(os.path.abspath(workdir), 'best'),
     options=ocp.CheckpointManagerOptions(
       max_to_keep=1, create=True, best_fn=lambda m: m['mAP'], best_mode='max'
     ),
+    item_handlers=ocp.StandardCheckpointHandler(),
   )
   return latest, best
 
@@ -211,13 +247,97 @@ def _state_to_save(state: TrainState) -> dict:
   }
 
 
+class CheckpointError(RuntimeError):
+  """No step of a checkpoint folder can be restored into this config's state."""
+
+
+def _try_restore(manager, step: int, target: dict) -> tuple[dict | None, str]:
+  """(restored state, '') or (None, why it failed) for one step of ``manager``."""
+  # A failed tensorstore read also logs the traceback of each of its async reads when their
+  # futures are collected; the one line we return says it.
+  logger = logging.getLogger('asyncio')
+  level = logger.level
+  logger.setLevel(logging.CRITICAL)
+  try:
+    try:
+      restored = manager.restore(step, args=ocp.args.StandardRestore(target))
+      _check_restored(restored)
+      return restored, ''
+    except Exception as e:  # any failure to read a step makes that step unusable
+      reason = _first_line(e)
+    gc.collect()
+    return None, reason
+  finally:
+    logger.setLevel(level)
+
+
+def _first_line(error: BaseException, limit: int = 200) -> str:
+  lines = str(error).strip().splitlines()
+  text = f'{type(error).__name__}: {lines[0] if lines else ""}'
+  return text if len(text) <= limit else text[: limit - 3] + '...'
+
+
+def _check_restored(restored: dict) -> None:
+  bad = [
+    jax.tree_util.keystr(path)
+    for path, x in jax.tree_util.tree_leaves_with_path(restored)
+    if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating) and not bool(jnp.isfinite(x).all())
+  ]
+  if bad:
+    raise FloatingPointError(f'non-finite values in {", ".join(bad[:3])}')
+
+
+def _move_aside(manager, step: int, reason: str, good_step: int) -> None:
+  directory = os.fspath(manager.directory)
+  source = os.path.join(directory, str(step))
+  target = os.path.join(directory, f'corrupt-{step}')
+  n = 1
+  while os.path.exists(target):
+    target, n = os.path.join(directory, f'corrupt-{step}-{n}'), n + 1
+  if jax.process_index() == 0:
+    os.rename(source, target)
+  log.warning(
+    'checkpoint step %d in %s cannot be restored (%s); moved it to %s and resuming from step %d',
+    step,
+    directory,
+    reason,
+    target,
+    good_step,
+  )
+
+
 def restore_latest(manager, state: TrainState) -> TrainState:
-  step = manager.latest_step()
-  if step is None:
-    return state
-  restored = manager.restore(step, args=ocp.args.StandardRestore(_state_to_save(state)))
-  log.info('resumed from %s at step %d', manager.directory, step)
-  return state.replace(**restored)
+  """``state`` updated from the newest restorable step of ``manager`` (unchanged if it has none).
+
+  Newer steps that fail to restore while an older one succeeds are moved aside to
+  ``corrupt-<step>/`` with a warning; if every step fails, :class:`CheckpointError` is raised and
+  nothing is moved (that is what a changed config looks like, not corruption).
+  """
+  target = _state_to_save(state)
+  failed: list[tuple[int, str]] = []
+  for step in sorted(manager.all_steps(), reverse=True):
+    restored, reason = _try_restore(manager, step, target)
+    if restored is None:
+      failed.append((step, reason))
+      continue
+    for bad, reason in failed:
+      _move_aside(manager, bad, reason, step)
+    if failed:
+      if jax.process_count() > 1:  # every process sees the folders moved before going on
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices('restore_latest')
+      manager.reload()
+    log.info('resumed from %s at step %d', manager.directory, step)
+    return state.replace(**restored)
+  if failed:
+    raise CheckpointError(
+      f'no checkpoint in {manager.directory} can be restored ('
+      + '; '.join(f'step {s}: {r}' for s, r in failed)
+      + '). If the config changed since this run started, rerun with the original config or use '
+      'a new --workdir; nothing was moved.'
+    )
+  return state
 
 
 # ----------------------------------------------------------------------------- input
@@ -292,18 +412,45 @@ def _write_meta(workdir, config, train_set, steps_per_epoch):
     json.dump(meta, f, indent=2)
 
 
-def _check_finite(metrics: dict, step: int):
-  bad = [k for k, v in metrics.items() if not np.isfinite(v)]
-  if bad:
-    raise FloatingPointError(
-      f'non-finite value at step {step} in {", ".join(sorted(bad))}; the last good checkpoint is '
-      f'kept. Lower config.optim.lr or check the inputs of that loss term.'
+class NonFiniteError(FloatingPointError):
+  """A training step's loss terms or gradients were not finite (``train.on_nonfinite='stop'``)."""
+
+
+def _fetch_and_check(unchecked: list, on_nonfinite: str, directory: str) -> list:
+  """Host copies ``[(step, {name: float})]`` of the steps' metrics, checked for skipped steps.
+
+  ``'stop'``: raises :class:`NonFiniteError` at the first skipped step; ``'skip'``: logs them.
+  """
+  if not unchecked:
+    return []
+  fetched = jax.device_get([m for _, m in unchecked])
+  out, skipped = [], []
+  for (step, _), metrics in zip(unchecked, fetched):
+    # pmap metrics carry a leading device axis of equal values.
+    metrics = {k: float(np.asarray(v).reshape(-1)[0]) for k, v in metrics.items()}
+    out.append((step, metrics))
+    if metrics['skipped'] > 0:
+      terms = ', '.join(sorted(k for k, v in metrics.items() if not np.isfinite(v)))
+      if on_nonfinite != 'skip':
+        raise NonFiniteError(
+          f'non-finite {terms} at step {step}: training stopped; that step was not applied and '
+          f'nothing after it was saved to {directory}, whose checkpoints stay as they were. Lower '
+          'config.optim.lr or set config.optim.grad_clip_norm, check the inputs of that loss '
+          'term, or set --config.train.on_nonfinite=skip to skip such steps.'
+        )
+      skipped.append(f'{step} ({terms})')
+  if skipped:
+    log.warning(
+      'skipped %d non-finite step(s), their updates not applied: %s',
+      len(skipped),
+      '; '.join(skipped),
     )
+  return out
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains ``config.method`` and evaluates it; returns the last evaluation's results by protocol."""
-  os.makedirs(workdir, exist_ok=True)
+  validate_lib.validate(config, workdir)  # before any data load or compilation
   method = get_method(config.method)
   table, train_set, masks = load_data(config)
   P, K = config.sampler.P, config.sampler.K
@@ -319,7 +466,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   )
   latest_mgr, best_mgr = _checkpoint_managers(workdir, config)
   state = restore_latest(latest_mgr, state)
-  start = int(state.step)
+  start = saved_step = int(state.step)
 
   launcher = parallel.make_launcher(
     functools.partial(train_step, model=model, method=method, config=config),
@@ -346,88 +493,107 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   results: dict = {}
   step = start
-  for epoch in range(start // steps_per_epoch, config.train.epochs):
-    plan = input_pipeline.host_slice(
-      input_pipeline.pk_plan(train_set, P=P, K=K, epoch=epoch, seed=config.seed), host, num_hosts
-    )
-    first = step - epoch * steps_per_epoch
-    batches = input_pipeline.train_iterator(
-      table,
-      train_set,
-      plan=plan,
-      image_size=tuple(config.data.image_size),
-      pad=config.data.pad,
-      flip=config.data.flip,
-      random_erasing=config.data.random_erasing,
-      seed=config.seed,
-      epoch=epoch,
-      start_step=first,
-      prefetch=config.data.prefetch,
-      threads=config.data.threads,
-      process_index=host,
-      masks=masks,
-    )
-    put = lambda b: launcher.put_batch(
-      {k: v[perm] for k, v in _host_batch(b, train_set, method).items()}
-    )
-    bar = tqdm(
-      total=steps_per_epoch,
-      initial=first,
-      desc=f'epoch {epoch + 1}/{config.train.epochs}',
-      unit='step',
-      disable=None if config.train.progress_bar else True,
-      leave=False,
-    )
-    tick, tick_step, pending = time.perf_counter(), step, []
-    for device_batch in _prefetch(batches, put, config.data.prefetch):
-      state, metrics = launcher.step(state, device_batch)
-      step += 1
-      pending.append(metrics)
-      bar.update(1)
-      if step % config.train.log_every_steps == 0 or step % steps_per_epoch == 0:
-        summary = _summarise(pending)
-        _check_finite(summary, step)
-        rate = 2 * P * K * (step - tick_step) / (time.perf_counter() - tick)
-        summary.update(
-          images_per_sec=rate,
-          epoch=epoch,
-          lr=float(lr_schedule(config, steps_per_epoch, config.optim.lr)(step - 1)),
-        )
-        writer.write_scalars(step, summary)
-        bar.set_postfix(loss=f'{summary["loss"]:.3f}', img_s=f'{rate:.0f}')
-        tick, tick_step, pending = time.perf_counter(), step, []
-      if config.train.checkpoint_every_steps and step % config.train.checkpoint_every_steps == 0:
-        latest_mgr.save(step, args=ocp.args.StandardSave(_state_to_save(launcher.get_state(state))))
-    bar.close()
-    latest_mgr.save(
-      step, args=ocp.args.StandardSave(_state_to_save(launcher.get_state(state))), force=True
-    )
+  directory = os.fspath(latest_mgr.directory)
+  unchecked: list = []  # (step, device metrics) not yet read on the host
+  window: list = []  # (step, host metrics) since the last log line
 
-    last = epoch + 1 == config.train.epochs
-    if last or (config.eval.every_epochs and (epoch + 1) % config.eval.every_epochs == 0):
-      host_state = launcher.get_state(state)
-      variables = {'params': host_state.params, 'batch_stats': host_state.batch_stats}
-      results = evaluate_lib.evaluate(
-        eval_model,
-        variables,
+  def save(state_to_save, *, force=False):
+    nonlocal unchecked, window, saved_step
+    # Never a state after a non-finite step: read every pending step's metrics first.
+    window += _fetch_and_check(unchecked, config.train.on_nonfinite, directory)
+    unchecked = []
+    if step != saved_step:  # e.g. checkpoint_every_steps divides the epoch
+      latest_mgr.save(step, args=ocp.args.StandardSave(_state_to_save(state_to_save)), force=force)
+      saved_step = step
+
+  try:
+    for epoch in range(start // steps_per_epoch, config.train.epochs):
+      plan = input_pipeline.host_slice(
+        input_pipeline.pk_plan(train_set, P=P, K=K, epoch=epoch, seed=config.seed), host, num_hosts
+      )
+      first = step - epoch * steps_per_epoch
+      batches = input_pipeline.train_iterator(
         table,
-        config,
-        workdir=workdir,
-        extra={'epoch': epoch + 1, 'step': step},
+        train_set,
+        plan=plan,
+        image_size=tuple(config.data.image_size),
+        pad=config.data.pad,
+        flip=config.data.flip,
+        random_erasing=config.data.random_erasing,
+        seed=config.seed,
+        epoch=epoch,
+        start_step=first,
+        prefetch=config.data.prefetch,
+        threads=config.data.threads,
+        process_index=host,
+        masks=masks,
       )
-      best_key = config.eval.best_protocol or config.eval.protocols[0]
-      writer.write_scalars(
-        step, {f'eval/{name}/{k}': v for name, r in results.items() for k, v in r.to_dict().items()}
+      put = lambda b: launcher.put_batch(
+        {k: v[perm] for k, v in _host_batch(b, train_set, method).items()}
       )
-      best_mgr.save(
-        step,
-        args=ocp.args.StandardSave(_state_to_save(host_state)),
-        metrics={'mAP': float(results[best_key].mAP)},
-        force=True,
+      bar = tqdm(
+        total=steps_per_epoch,
+        initial=first,
+        desc=f'epoch {epoch + 1}/{config.train.epochs}',
+        unit='step',
+        disable=None if config.train.progress_bar else True,
+        leave=False,
       )
-  writer.flush()
-  latest_mgr.wait_until_finished()
-  best_mgr.wait_until_finished()
+      tick, tick_step = time.perf_counter(), step
+      for device_batch in _prefetch(batches, put, config.data.prefetch):
+        state, metrics = launcher.step(state, device_batch)
+        step += 1
+        unchecked.append((step, metrics))
+        bar.update(1)
+        if step % config.train.log_every_steps == 0 or step % steps_per_epoch == 0:
+          window += _fetch_and_check(unchecked, config.train.on_nonfinite, directory)
+          unchecked = []
+          summary = _summarise(window)
+          rate = 2 * P * K * (step - tick_step) / (time.perf_counter() - tick)
+          summary.update(
+            images_per_sec=rate,
+            epoch=epoch,
+            lr=float(lr_schedule(config, steps_per_epoch, config.optim.lr)(step - 1)),
+          )
+          writer.write_scalars(step, summary)
+          bar.set_postfix(loss=f'{summary.get("loss", float("nan")):.3f}', img_s=f'{rate:.0f}')
+          tick, tick_step, window = time.perf_counter(), step, []
+        if config.train.checkpoint_every_steps and step % config.train.checkpoint_every_steps == 0:
+          save(launcher.get_state(state))
+      bar.close()
+      save(launcher.get_state(state), force=True)
+
+      last = epoch + 1 == config.train.epochs
+      if last or (config.eval.every_epochs and (epoch + 1) % config.eval.every_epochs == 0):
+        host_state = launcher.get_state(state)
+        variables = {'params': host_state.params, 'batch_stats': host_state.batch_stats}
+        results = evaluate_lib.evaluate(
+          eval_model,
+          variables,
+          table,
+          config,
+          workdir=workdir,
+          extra={'epoch': epoch + 1, 'step': step},
+        )
+        best_key = config.eval.best_protocol or config.eval.protocols[0]
+        writer.write_scalars(
+          step,
+          {f'eval/{name}/{k}': v for name, r in results.items() for k, v in r.to_dict().items()},
+        )
+        # A step retrained after its corrupt checkpoint was moved aside may be in best/ already.
+        if step not in best_mgr.all_steps():
+          best_mgr.save(
+            step,
+            args=ocp.args.StandardSave(_state_to_save(host_state)),
+            metrics={'mAP': float(results[best_key].mAP)},
+            force=True,
+          )
+  finally:
+    # A save in flight completes even when training stops on an error, so the last good
+    # checkpoint is whole.
+    writer.flush()
+    latest_mgr.wait_until_finished()
+    best_mgr.wait_until_finished()
   if not results and start >= total_steps:
     log.info('training already complete at step %d; evaluating the latest checkpoint', start)
     host_state = launcher.get_state(state)
@@ -442,9 +608,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return results
 
 
-def _summarise(pending: list[dict]) -> dict[str, float]:
-  stacked = jax.device_get(pending)
-  return {k: float(np.mean([np.asarray(m[k]).reshape(-1)[0] for m in stacked])) for k in stacked[0]}
+def _summarise(window: list[tuple[int, dict]]) -> dict[str, float]:
+  """Means over the applied steps of a log window; 'skipped' is the window's count of the others."""
+  applied = [m for _, m in window if not m['skipped']]
+  summary = {k: float(np.mean([m[k] for m in applied])) for k in (applied[0] if applied else {})}
+  summary['skipped'] = float(sum(m['skipped'] > 0 for _, m in window))
+  return summary
 
 
 def _flatten(d: dict, prefix: str = '') -> dict:

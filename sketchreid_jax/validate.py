@@ -1,0 +1,230 @@
+"""Configuration checks that run before any data is read or anything is compiled.
+
+``validate(config, workdir)`` raises :class:`ConfigError` (a ``ValueError``) with a one-line message
+that names the key and the fix, for a configuration that would otherwise fail minutes later (after
+building the dataset cache and compiling the step) or, worse, run wrongly. ``main`` prints that line
+and exits with status 2; ``train.train_and_evaluate`` calls it first as well.
+
+What is checked, and the interpretations chosen:
+
+* Method: ``config.method`` is registered (``methods.METHODS``).
+* Sampler vs devices: P ≥ 2 (every metric loss and CMAlign need another identity in the batch),
+  K ≥ 1, and the P identities of a batch split evenly over processes × local devices
+  (``parallel.check_identity_split``: each device gets ``[photos | sketches]`` of P/N identities).
+* CMAlign (on when ``loss.cmalign_ic_weight`` or ``loss.cmalign_dt_weight`` is non-zero): it pairs
+  the rows of each *device's* batch, and every row's negative is drawn from the other identities on
+  that device, so each device needs at least two identities: P/N − 1 ≥ 1. The public reference code
+  needs P − 1 ≥ K because it gives the K rows of an identity K *distinct* negative identities; our
+  pairing draws each row's negative independently (``models/cmalign.py``), so it needs only one
+  other identity and that stronger condition is not imposed.
+* Image size: ``data.image_size`` is two positive ints divisible by the backbone's total stride,
+  4 (conv1 and the stem max-pool) × the stage strides of ``models.resnet.stage_specs`` = 16 with
+  ``model.last_stride=1`` or 32 with 2. The padded convolutions would accept any size, but then a
+  stage's last row or column is computed half from padding and the layer-k grid no longer tiles the
+  image exactly (as 18×9 tiles 288×144 in the papers), which CMAlign's position-wise alignment and
+  the feature-map visualisations assume. DALNet adds no constraint: the DAG is a padded 3×3
+  convolution and the U²-Net resizes its input to ``model.u2net_size`` (ceil-mode pooling takes any
+  size), which must only be two positive ints when ``data.mask_source='u2net'``.
+* Workdir: created if needed, then a probe file is written and removed there.
+* Weight files: ``model.init_checkpoint`` when set, and the U²-Net weights when
+  ``data.mask_source='u2net'`` (``methods.dalnet.u2net_weights_path``) must exist.
+* Enumerations that would otherwise fail late: ``train.on_nonfinite``, ``parallel.launcher``, and
+  non-negative step counts.
+
+Unknown presets (``config_base.with_preset``) and unknown keys (locked configs) are refused while the
+config is parsed; ``main`` turns those errors into one line as well. Checks of the data themselves
+(folders, files, identities) are the dataset readers' job and run when the data are loaded.
+"""
+
+import os
+import tempfile
+
+from sketchreid_jax.config_base import ConfigError
+
+__all__ = ['ConfigError', 'validate']
+
+# The stem's conv1 (7×7/2) and max-pool (3×3/2) of every ResNet-50 stream.
+STEM_STRIDE = 4
+ON_NONFINITE = ('stop', 'skip')
+LAUNCHERS = ('shard_map', 'pmap')
+
+
+def validate(
+  config,
+  workdir: str | None,
+  *,
+  num_devices: int | None = None,
+  num_processes: int | None = None,
+  training: bool = True,
+) -> None:
+  """Raises :class:`ConfigError` (one line) if ``config`` cannot run in ``workdir``.
+
+  ``num_devices`` is the device count of the whole job and ``num_processes`` its process count
+  (default: this job's, from JAX). ``training=False`` (``--mode=evaluate``) skips the checks that
+  only concern the train step (sampler split, CMAlign, ``train.*``). ``workdir=None`` skips the
+  workdir check.
+  """
+  _check_method(config)
+  _check_image_size(config)
+  _check_weights(config)
+  if training:
+    if num_processes is None or num_devices is None:
+      import jax
+
+      num_processes = jax.process_count() if num_processes is None else num_processes
+      num_devices = jax.device_count() if num_devices is None else num_devices
+    _check_sampler(config, num_devices, num_processes)
+    _check_cmalign(config, num_devices)
+    _check_train(config)
+  if workdir is not None:
+    _check_workdir(workdir)
+
+
+def _check_method(config) -> None:
+  from sketchreid_jax.methods import get_method
+
+  try:
+    get_method(config.method)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+
+
+def _positive_int(value) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _check_sampler(config, num_devices: int, num_processes: int) -> None:
+  from sketchreid_jax import parallel
+
+  P, K = config.sampler.P, config.sampler.K
+  if not _positive_int(P) or P < 2:
+    raise ConfigError(
+      f'config.sampler.P = {P!r}: a batch needs at least 2 identities (the metric losses and '
+      'CMAlign need a negative identity); set --config.sampler.P to 2 or more.'
+    )
+  if not _positive_int(K):
+    raise ConfigError(
+      f'config.sampler.K = {K!r}: each identity needs at least one photo and one sketch per batch; '
+      'set --config.sampler.K to 1 or more.'
+    )
+  if num_devices % num_processes:
+    raise ConfigError(
+      f'{num_devices} device(s) do not split evenly over {num_processes} process(es); every '
+      'process must contribute the same number of devices.'
+    )
+  try:
+    parallel.check_identity_split(P, num_processes, num_devices // num_processes)
+  except ValueError as e:
+    raise ConfigError(f'{e} (batch = 2·P·K = {2 * P * K} images)') from None
+
+
+def _check_cmalign(config, num_devices: int) -> None:
+  c = config.loss
+  if not (c.cmalign_ic_weight or c.cmalign_dt_weight):
+    return
+  per_device = config.sampler.P // num_devices
+  if per_device - 1 < 1:
+    raise ConfigError(
+      f'CMAlign (config.loss.cmalign_ic_weight={c.cmalign_ic_weight}, cmalign_dt_weight='
+      f'{c.cmalign_dt_weight}) draws each row\'s negative among the other identities of its '
+      f'device\'s batch, but config.sampler.P = {config.sampler.P} over {num_devices} device(s) '
+      f'leaves {per_device} identity per device: P / devices - 1 must be >= 1 (e.g. '
+      f'--config.sampler.P={2 * num_devices}).'
+    )
+
+
+def total_stride(config) -> int:
+  """The backbone's input-to-layer4 stride for ``config.model`` (16, or 32 with last_stride 2)."""
+  from sketchreid_jax.models.resnet import stage_specs
+
+  try:
+    specs = stage_specs(config.model.width, config.model.last_stride)
+  except ValueError as e:
+    raise ConfigError(f'config.model: {e}') from None
+  stride = STEM_STRIDE
+  for spec in specs:
+    stride *= spec.stride
+  return stride
+
+
+def _check_size_pair(value, key: str) -> tuple[int, int]:
+  if (
+    not isinstance(value, (tuple, list))
+    or len(value) != 2
+    or not all(_positive_int(v) for v in value)
+  ):
+    raise ConfigError(
+      f'config.{key} = {value!r}: must be two positive ints (H, W), e.g. '
+      f"--config.{key}='(288, 144)'."
+    )
+  return int(value[0]), int(value[1])
+
+
+def _check_image_size(config) -> None:
+  h, w = _check_size_pair(config.data.image_size, 'data.image_size')
+  stride = total_stride(config)
+  if h % stride or w % stride:
+    near = lambda n: max(stride, round(n / stride) * stride)
+    raise ConfigError(
+      f'config.data.image_size = ({h}, {w}): the backbone\'s total stride is {stride} '
+      f'(model.last_stride={config.model.last_stride}), so H and W must be multiples of '
+      f'{stride}; e.g. --config.data.image_size=\'({near(h)}, {near(w)})\'.'
+    )
+  if not isinstance(config.data.pad, int) or config.data.pad < 0:
+    raise ConfigError(f'config.data.pad = {config.data.pad!r}: must be an int >= 0.')
+  if config.data.mask_source == 'u2net':
+    _check_size_pair(config.model.u2net_size, 'model.u2net_size')
+
+
+def _check_weights(config) -> None:
+  path = config.model.init_checkpoint
+  if path and not os.path.isfile(path):
+    raise ConfigError(
+      f'config.model.init_checkpoint = {path!r} does not exist: convert the torchvision ImageNet '
+      'weights with `python -m sketchreid_jax.tools.convert_weights --model=resnet50 '
+      f'--input=resnet50-0676ba61.pth --output={path}` (README "Pretrained weights"), or set '
+      "--config.model.init_checkpoint='' to train from scratch."
+    )
+  if config.data.mask_source == 'u2net':
+    from sketchreid_jax.methods.dalnet import u2net_weights_path
+
+    path = u2net_weights_path(config)
+    if not os.path.isfile(path):
+      s = config.data.mask_set
+      raise ConfigError(
+        f'config.data.mask_source=u2net needs the converted {s} weights at {path!r} '
+        f'(config.model.u2net_weights): run `python -m sketchreid_jax.tools.convert_weights '
+        f'--model={s} --input={s}.pth --output={path}`, or use --config.data.mask_source=none.'
+      )
+
+
+def _check_train(config) -> None:
+  t = config.train
+  if t.on_nonfinite not in ON_NONFINITE:
+    raise ConfigError(
+      f'config.train.on_nonfinite = {t.on_nonfinite!r}: must be one of {", ".join(ON_NONFINITE)}.'
+    )
+  if config.parallel.launcher not in LAUNCHERS:
+    raise ConfigError(
+      f'config.parallel.launcher = {config.parallel.launcher!r}: must be one of '
+      f'{", ".join(LAUNCHERS)}.'
+    )
+  for key, low in (('epochs', 1), ('log_every_steps', 1), ('checkpoint_every_steps', 0)):
+    value = t[key]
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+      raise ConfigError(f'config.train.{key} = {value!r}: must be an int >= {low}.')
+
+
+def _check_workdir(workdir: str) -> None:
+  if not workdir:
+    raise ConfigError('--workdir is empty: give the folder for checkpoints, metrics and reports.')
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=workdir, prefix='.write_test_'):
+      pass
+  except OSError as e:
+    reason = e.strerror or type(e).__name__
+    raise ConfigError(
+      f'workdir {workdir!r} cannot be written ({reason}): choose another --workdir or fix its '
+      'permissions.'
+    ) from None
