@@ -8,6 +8,13 @@ than a silently ignored setting). Defaults follow the MM'23 baseline (DESIGN §4
 import ml_collections
 
 
+class ConfigError(ValueError):
+  """A configuration that cannot run, found before any data is read or anything compiled.
+
+  The message is one line that names the key and the fix (``sketchreid_jax.validate``, ``main``).
+  """
+
+
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.method = 'baseline'  # key of sketchreid_jax.methods.METHODS
@@ -120,6 +127,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.log_every_steps = 10
   c.train.checkpoint_every_steps = 0  # 0 = at the end of every epoch only
   c.train.progress_bar = True
+  # A step whose loss terms or gradients are not finite is never applied (params, optimiser state and
+  # BatchNorm statistics stay as they were). 'stop': training then stops with an error naming the
+  # step and the terms, and no later checkpoint is written; 'skip': it goes on and logs the skipped
+  # steps (the metric 'skipped' counts them).
+  c.train.on_nonfinite = 'stop'
 
   c.eval = ml_collections.ConfigDict()
   c.eval.every_epochs = 10  # and always after the last epoch (0 = only then)
@@ -139,6 +151,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.rerank_k2 = 6
   c.eval.rerank_lambda = 0.3
   c.eval.max_rank = 50
+  # ranked_list.png in the workdir: this many evenly spaced queries of the first protocol, each
+  # with its top-k gallery photos framed green (same identity) or red (0 = no figure).
+  c.eval.ranked_list_queries = 4
+  c.eval.ranked_list_topk = 10
 
   c.parallel = ml_collections.ConfigDict()
   c.parallel.launcher = 'shard_map'  # 'shard_map' (jit over a ('data',) mesh) or 'pmap'
@@ -174,7 +190,9 @@ def with_preset(
   if not preset:
     return config
   if preset not in presets:
-    raise ValueError(f'unknown preset {preset!r}; this config has: {", ".join(sorted(presets))}')
+    raise ConfigError(
+      f'unknown preset {preset!r}; this config has: {", ".join(sorted(presets)) or "none"}'
+    )
   return set_keys(config, presets[preset], where=f'preset {preset!r}')
 
 

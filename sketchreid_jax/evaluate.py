@@ -25,6 +25,7 @@ duplicate file name (from ``input_pipeline.make_eval_set``).
 
 import dataclasses
 import functools
+import os
 import logging
 from typing import Callable
 
@@ -264,8 +265,44 @@ def parse_protocol(spec: str, default_styles: str) -> tuple[str, str]:
   return name, styles or default_styles
 
 
+@dataclasses.dataclass(frozen=True)
+class Ranking:
+  """What one protocol ranked: enough to draw its ranked lists."""
+
+  distmat: np.ndarray
+  queries: Queries
+  eval_set: input_pipeline.EvalSet
+
+  def query_rows(self) -> np.ndarray:
+    """The table row shown for each query: the sketch itself, or a multi-query group's first."""
+    if self.eval_set.query_groups is None:
+      return self.eval_set.query_index
+    groups = self.eval_set.query_groups
+    first = np.array([np.flatnonzero(groups == g)[0] for g in range(len(self.queries.pids))])
+    return self.eval_set.query_index[first]
+
+
+def ranked_list_figure(ranking: Ranking, table, *, num_queries: int, k: int):
+  """The papers' Figs. 6–7 for one protocol: evenly spaced queries and their top-k photos."""
+  from sketchreid_jax.viz.ranked_list import ranked_list_from_eval  # matplotlib: load on use
+
+  q_rows, g_rows = ranking.query_rows(), ranking.eval_set.gallery_index
+  return ranked_list_from_eval(
+    ranking.distmat,
+    ranking.queries.pids,
+    ranking.eval_set.gallery_pids,
+    lambda i: table.image[q_rows[i]],
+    lambda i: table.image[g_rows[i]],
+    k=k,
+    num_queries=num_queries,
+    q_camids=ranking.queries.camids,
+    g_camids=ranking.eval_set.gallery_camids,
+  )
+
+
 def _run_protocol(model, variables, table, config, protocol, styles, gallery_cache):
-  """(RankResult, chance levels) of one protocol; gallery embeddings are shared via the cache."""
+  """(RankResult, chance levels, Ranking) of one protocol; gallery embeddings are shared via the
+  cache."""
   eval_set = input_pipeline.make_eval_set(table, styles, multi_query=protocol.multi_query)
   key = tuple(eval_set.gallery_index)
   if key not in gallery_cache:
@@ -273,8 +310,9 @@ def _run_protocol(model, variables, table, config, protocol, styles, gallery_cac
       model, variables, table, eval_set.gallery_index, modality=PHOTO, config=config
     )
   queries = protocol.queries(model, variables, table, eval_set, config)
+  distmat = distances(queries, gallery_cache[key], config)
   result = evaluate_rank(
-    distances(queries, gallery_cache[key], config),
+    distmat,
     queries.pids,
     eval_set.gallery_pids,
     queries.camids,
@@ -288,7 +326,7 @@ def _run_protocol(model, variables, table, config, protocol, styles, gallery_cac
     g_camids=eval_set.gallery_camids,
     max_rank=config.eval.max_rank,
   )
-  return result, chance
+  return result, chance, Ranking(distmat, queries, eval_set)
 
 
 def evaluate(
@@ -299,12 +337,13 @@ def evaluate(
   Results are keyed by the protocol entries as written in the config ('single_query:A', …).
   """
   specs = {spec: parse_protocol(spec, config.data.test_styles) for spec in config.eval.protocols}
-  results, chances, gallery_cache = {}, {}, {}
+  results, chances, gallery_cache, shown = {}, {}, {}, None
   for spec, (name, styles) in specs.items():
     try:
-      results[spec], chances[spec] = _run_protocol(
+      results[spec], chances[spec], ranking = _run_protocol(
         model, variables, table, config, PROTOCOLS[name], styles, gallery_cache
       )
+      shown = shown or ranking  # the first protocol's ranked lists go into the report
     except (FloatingPointError, ValueError) as err:  # which protocol failed is half the answer
       kind = FloatingPointError if isinstance(err, FloatingPointError) else ValueError
       raise kind(f'protocol {spec!r} of config.eval.protocols: {err}') from err
@@ -323,5 +362,11 @@ def evaluate(
       chance=chances[config.eval.protocols[0]],
       extra=dict(extra or {}, chance=chances),
     )
-    log.info('wrote %s', ', '.join(str(p) for p in paths.values()))
+    if config.eval.ranked_list_queries:
+      fig = ranked_list_figure(
+        shown, table, num_queries=config.eval.ranked_list_queries, k=config.eval.ranked_list_topk
+      )
+      paths['ranked_list'] = os.path.join(workdir, 'ranked_list.png')
+      fig.savefig(paths['ranked_list'], dpi=100)
+    print('wrote ' + ', '.join(str(p) for p in paths.values()), flush=True)
   return results

@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from sketchreid_jax import parallel, train
 from sketchreid_jax.config_base import load_config
@@ -58,6 +59,7 @@ def test_train_evaluate_and_resume_on_tiny_synthetic(tiny_market, tfds_cache, tm
     'results.csv',
     'results.md',
     'cmc.png',
+    'ranked_list.png',
     'config.json',
     'train_meta.json',
   ):
@@ -67,7 +69,16 @@ def test_train_evaluate_and_resume_on_tiny_synthetic(tiny_market, tfds_cache, tm
   latest = os.listdir(os.path.join(workdir, 'checkpoints'))
   assert str(2 * spe) in latest
   assert len(os.listdir(os.path.join(workdir, 'best'))) >= 1
-  assert 'chance' in capsys.readouterr().out
+  out = capsys.readouterr().out
+  assert 'chance' in out
+  # The report's figures are announced with their paths.
+  assert os.path.join(workdir, 'ranked_list.png') in out and os.path.join(workdir, 'cmc.png') in out
+  with Image.open(os.path.join(workdir, 'ranked_list.png')) as im:
+    # 4 query rows × (query + 10 photos): a wide figure, not an empty canvas.
+    assert (
+      im.size[0] > im.size[1] > 100
+      and len(np.unique(np.asarray(im.convert('RGB')).reshape(-1, 3), axis=0)) > 50
+    )
 
   # Resume: one more epoch continues from the saved step instead of starting over.
   config.train.epochs = 3
