@@ -209,7 +209,8 @@ def _check_train(config) -> None:
       f'config.parallel.launcher = {config.parallel.launcher!r}: must be one of '
       f'{", ".join(LAUNCHERS)}.'
     )
-  for key, low in (('epochs', 1), ('log_every_steps', 1), ('checkpoint_every_steps', 0)):
+  # epochs = 0 is meaningful: the initial model is evaluated (studies use it as a chance check).
+  for key, low in (('epochs', 0), ('log_every_steps', 1), ('checkpoint_every_steps', 0)):
     value = t[key]
     if not isinstance(value, int) or isinstance(value, bool) or value < low:
       raise ConfigError(f'config.train.{key} = {value!r}: must be an int >= {low}.')

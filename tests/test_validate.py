@@ -104,7 +104,7 @@ def test_unknown_method_and_enumerations(tmp_path):
   _refused(_config(method='nope'), str(tmp_path), r"unknown config.method 'nope'", **ok)
   _refused(_config(train__on_nonfinite='ignore'), str(tmp_path), 'train.on_nonfinite', **ok)
   _refused(_config(parallel__launcher='pjit'), str(tmp_path), 'parallel.launcher', **ok)
-  _refused(_config(train__epochs=0), str(tmp_path), r'train.epochs = 0', **ok)
+  _refused(_config(train__epochs=-1), str(tmp_path), r'train.epochs = -1', **ok)
 
 
 def test_a_workdir_that_cannot_be_written(tmp_path):
