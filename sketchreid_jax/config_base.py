@@ -53,6 +53,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.width = 64  # ResNet base channels; 64 is the real ResNet-50
   c.model.last_stride = 1  # re-id keeps layer4 at 1/16 resolution
+  # Bottlenecks in layer1..layer4: (3, 4, 6, 3) is ResNet-50 (the papers; ImageNet weights need
+  # it). Fewer give a shallower net of the same shape; the tests' tiny models use (1, 1, 1, 1).
+  c.model.blocks = (3, 4, 6, 3)
   c.model.gem_p = 3.0
   c.model.gem_learnable = False  # fixed p = 3 in the baseline
   c.model.dtype = 'float32'  # computation dtype ('bfloat16' for mixed precision)

@@ -138,7 +138,7 @@ def total_stride(config) -> int:
   from sketchreid_jax.models.resnet import stage_specs
 
   try:
-    specs = stage_specs(config.model.width, config.model.last_stride)
+    specs = stage_specs(config.model.width, config.model.last_stride, tuple(config.model.blocks))
   except ValueError as e:
     raise ConfigError(f'config.model: {e}') from None
   stride = STEM_STRIDE
@@ -178,6 +178,12 @@ def _check_image_size(config) -> None:
 
 def _check_weights(config) -> None:
   path = config.model.init_checkpoint
+  if path and tuple(config.model.blocks) != (3, 4, 6, 3):
+    raise ConfigError(
+      f'config.model.init_checkpoint = {path!r} holds ResNet-50 weights, but config.model.blocks = '
+      f'{tuple(config.model.blocks)}: set --config.model.blocks="(3, 4, 6, 3)" or train from '
+      "scratch with --config.model.init_checkpoint=''."
+    )
   if path and not os.path.isfile(path):
     raise ConfigError(
       f'config.model.init_checkpoint = {path!r} does not exist: convert the torchvision ImageNet '

@@ -10,9 +10,11 @@ from sketchreid_jax import parallel, train
 from sketchreid_jax.methods import get_method
 
 
-# The smallest training step the parallel tests compile: ResNet-50 at width 8, 32×16 images, P×K = 4×2.
+# The smallest training step the parallel tests compile: ResNet-50 at width 8 with one Bottleneck
+# per stage, 32×16 images, P×K = 4×2.
 TINY_STEP = dict(
   model__width=8,
+  model__blocks=(1, 1, 1, 1),
   data__image_size=(32, 16),
   sampler__P=4,
   sampler__K=2,

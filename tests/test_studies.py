@@ -15,6 +15,7 @@ from tests.conftest import REPO
 
 TINY = dict(
   model__width=8,
+  model__blocks=(1, 1, 1, 1),
   data__image_size=(32, 16),
   sampler__P=4,
   sampler__K=2,

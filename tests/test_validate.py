@@ -123,11 +123,24 @@ def test_missing_weight_files(tmp_path):
   ok = dict(num_devices=1, num_processes=1)
   missing = str(tmp_path / 'resnet50.msgpack')
   message = _refused(
-    _config(model__init_checkpoint=missing), str(tmp_path), 'init_checkpoint', **ok
+    _config(model__init_checkpoint=missing, model__blocks=(3, 4, 6, 3)),
+    str(tmp_path),
+    'init_checkpoint',
+    **ok,
   )
   assert missing in message and 'convert_weights --model=resnet50' in message
   (tmp_path / 'resnet50.msgpack').write_bytes(b'')
-  validate.validate(_config(model__init_checkpoint=missing), str(tmp_path), **ok)
+  full_depth = (3, 4, 6, 3)
+  validate.validate(
+    _config(model__init_checkpoint=missing, model__blocks=full_depth), str(tmp_path), **ok
+  )
+  # ImageNet ResNet-50 weights cannot initialise a shallower net.
+  _refused(
+    _config(model__init_checkpoint=missing, model__blocks=(1, 1, 1, 1)),
+    str(tmp_path),
+    r'model.blocks = \(1, 1, 1, 1\)',
+    **ok,
+  )
 
   config = _config(
     'dalnet.py:pku', data__mask_source='u2net', model__u2net_weights=str(tmp_path / 'u.msgpack')

@@ -122,7 +122,11 @@ def test_gradcam_rejects_bad_targets(toy):
 
 def _model(config_file, **overrides):
   config = load_config(
-    os.path.join(REPO, 'configs', config_file), model__width=8, data__image_size=SIZE, **overrides
+    os.path.join(REPO, 'configs', config_file),
+    model__width=8,
+    model__blocks=(1, 1, 1, 1),
+    data__image_size=SIZE,
+    **overrides,
   )
   return get_method(config.method).model_for(config, 5, None)
 

@@ -385,7 +385,8 @@ def test_width_mismatch_and_wrong_checkpoints_fail_clearly(narrow_resnet):
 
 
 def test_create_train_state_loads_init_checkpoint(narrow_resnet, tmp_path, caplog):
-  config = load_config(os.path.join(REPO, 'configs/demo.py:tiny'))
+  # ResNet-50 weights: the full depth, not the tiny preset's one Bottleneck per stage.
+  config = load_config(os.path.join(REPO, 'configs/demo.py:tiny'), model__blocks=(3, 4, 6, 3))
   assert config.model.width == 8
   model = get_method(config.method).model_for(config, 5, None)
   # 'rbg' keys: the same initialisers, far less PRNG compilation than threefry on a small CPU.

@@ -22,6 +22,7 @@ def backbone_kwargs(config, num_classes: int, bn_axis_name: str | None) -> dict:
     num_classes=num_classes,
     width=m.width,
     last_stride=m.last_stride,
+    blocks=tuple(m.blocks),
     gem_p=m.gem_p,
     gem_learnable=m.gem_learnable,
     bn_axis_name=bn_axis_name,

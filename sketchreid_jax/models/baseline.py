@@ -43,6 +43,7 @@ from sketchreid_jax.models.resnet import (
   ResNetStage,
   ResNetStem,
   run_stages,
+  RESNET50_BLOCKS,
   stage_specs,
 )
 
@@ -68,6 +69,7 @@ class Baseline(nn.Module):
   num_classes: int
   width: int = 64
   last_stride: int = 1
+  blocks: tuple[int, ...] = RESNET50_BLOCKS  # Bottlenecks per stage (resnet.stage_specs)
   gem_p: float = 3.0
   gem_learnable: bool = False
   bn_axis_name: str | None = None
@@ -92,7 +94,7 @@ class Baseline(nn.Module):
     self.sketch_stem = ResNetStem(width=self.width, **bn_kwargs)
     layers = [
       ResNetStage(s.num_blocks, s.features, s.stride, **bn_kwargs)
-      for s in stage_specs(self.width, self.last_stride)
+      for s in stage_specs(self.width, self.last_stride, self.blocks)
     ]
     self.layer1, self.layer2, self.layer3, self.layer4 = layers
     self.gem = GeM(p=self.gem_p, learnable=self.gem_learnable, eps=self.gem_eps)

@@ -54,7 +54,13 @@ from sketchreid_jax.models.dag import DAG
 from sketchreid_jax.models.fusion import fuse_groups
 from sketchreid_jax.models.heads import BNNeck, GeM
 from sketchreid_jax.models.mia import MIA
-from sketchreid_jax.models.resnet import STAGE_NAMES, ResNetStage, ResNetStem, stage_specs
+from sketchreid_jax.models.resnet import (
+  RESNET50_BLOCKS,
+  STAGE_NAMES,
+  ResNetStage,
+  ResNetStem,
+  stage_specs,
+)
 
 Dtype = Any
 Array = jax.Array
@@ -67,6 +73,7 @@ class EarlyStream(nn.Module):
 
   width: int = 64
   num_stages: int = 2
+  blocks: tuple[int, ...] = RESNET50_BLOCKS
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
   bn_axis_name: str | None = None
@@ -81,7 +88,7 @@ class EarlyStream(nn.Module):
       dtype=self.dtype,
     )
     x = ResNetStem(width=self.width, name='stem', **bn)(x, train=train)
-    for s in stage_specs(self.width)[: self.num_stages]:
+    for s in stage_specs(self.width, 1, self.blocks)[: self.num_stages]:
       x = ResNetStage(s.num_blocks, s.features, s.stride, name=s.name, **bn)(x, train=train)
     return x
 
@@ -92,6 +99,7 @@ class DALNet(nn.Module):
   num_classes: int
   width: int = 64
   last_stride: int = 1
+  blocks: tuple[int, ...] = RESNET50_BLOCKS  # Bottlenecks per stage (resnet.stage_specs)
   gem_p: float = 3.0
   gem_learnable: bool = True
   bn_axis_name: str | None = None
@@ -127,7 +135,7 @@ class DALNet(nn.Module):
       bn_axis_name=self.bn_axis_name,
       dtype=self.dtype,
     )
-    stream = dict(width=self.width, num_stages=self.num_private_stages, **bn)
+    stream = dict(width=self.width, num_stages=self.num_private_stages, blocks=self.blocks, **bn)
     self.photo_stream = EarlyStream(**stream)
     self.sketch_stream = EarlyStream(**stream)
     if self.use_aux:
@@ -135,7 +143,7 @@ class DALNet(nn.Module):
       self.dag = DAG(
         center=self.dag_center, neighbour=self.dag_neighbour, trainable=self.dag_trainable
       )
-    specs = stage_specs(self.width, self.last_stride)[self.num_private_stages :]
+    specs = stage_specs(self.width, self.last_stride, self.blocks)[self.num_private_stages :]
     self.shared = [
       ResNetStage(s.num_blocks, s.features, s.stride, name=s.name, **bn) for s in specs
     ]

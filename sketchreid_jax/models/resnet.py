@@ -94,13 +94,22 @@ def _check_width(width: int, where: str) -> None:
     raise ValueError(f'{where}: width must be a positive int (64 = ResNet-50), got {width!r}.')
 
 
-def stage_specs(width: int = 64, last_stride: int = 1) -> tuple[StageSpec, ...]:
+def stage_specs(
+  width: int = 64, last_stride: int = 1, blocks: Sequence[int] = RESNET50_BLOCKS
+) -> tuple[StageSpec, ...]:
   """(name, num_blocks, features, stride) for layer1..layer4 of ResNet-50.
 
   features = width·(1, 2, 4, 8) is the bottleneck width; each stage outputs 4·features channels.
-  Strides (1, 2, 2, last_stride).
+  Strides (1, 2, 2, last_stride). ``blocks``: Bottlenecks per stage, (3, 4, 6, 3) for ResNet-50;
+  fewer make the same architecture shallower (the test suite's tiny models use (1, 1, 1, 1)).
   """
   _check_width(width, 'stage_specs')
+  blocks = tuple(blocks)
+  if len(blocks) != 4 or not all(isinstance(b, int) and b >= 1 for b in blocks):
+    raise ValueError(
+      f'stage_specs: blocks must be 4 positive ints (Bottlenecks in layer1..layer4; ResNet-50 is '
+      f'{RESNET50_BLOCKS}), got {blocks!r}.'
+    )
   if last_stride not in (1, 2):
     raise ValueError(
       f'stage_specs: last_stride must be 1 (re-id, layer4 keeps 18×9 at 288×144) or 2 '
@@ -108,8 +117,8 @@ def stage_specs(width: int = 64, last_stride: int = 1) -> tuple[StageSpec, ...]:
     )
   strides = (1, 2, 2, last_stride)
   return tuple(
-    StageSpec(name, blocks, width * 2**i, stride)
-    for i, (name, blocks, stride) in enumerate(zip(STAGE_NAMES, RESNET50_BLOCKS, strides))
+    StageSpec(name, n, width * 2**i, stride)
+    for i, (name, n, stride) in enumerate(zip(STAGE_NAMES, blocks, strides))
   )
 
 

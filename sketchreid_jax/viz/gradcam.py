@@ -191,7 +191,9 @@ def _dalnet_front(model, variables, images, modality: int, stage: str) -> Array:
   if stage in private:
     if modality not in (PHOTO, SKETCH) or isinstance(modality, bool):
       raise ValueError(f'modality must be the Python int {PHOTO} or {SKETCH}, got {modality!r}.')
-    stream = EarlyStream(width=model.width, num_stages=private.index(stage), **_bn_kwargs(model))
+    stream = EarlyStream(
+      width=model.width, num_stages=private.index(stage), blocks=model.blocks, **_bn_kwargs(model)
+    )
     return stream.apply(_stream_variables(variables, modality), images, train=False)
 
   def front(m, x):
@@ -210,7 +212,9 @@ def _dalnet_back(model, variables, fmap, stage: str, modality: int) -> Mapping[s
   private = _dalnet_private(model)
   if stage in private:
     sub = _stream_variables(variables, modality)
-    for spec in stage_specs(model.width)[private.index(stage) : model.num_private_stages]:
+    for spec in stage_specs(model.width, 1, model.blocks)[
+      private.index(stage) : model.num_private_stages
+    ]:
       layer = ResNetStage(spec.num_blocks, spec.features, spec.stride, **_bn_kwargs(model))
       fmap = layer.apply({col: tree[spec.name] for col, tree in sub.items()}, fmap, train=False)
     stage = private[-1]
