@@ -116,16 +116,24 @@ def _same_pid_positions(
   if rows.size == 0:
     return rows, cols, rows.copy()
   values = distmat[rows, cols]
-  ordered = np.sort(distmat, axis=1)
   pos = np.empty(rows.shape, np.int64)
   tied = np.zeros(rows.shape, bool)
   bounds = np.searchsorted(rows, np.arange(distmat.shape[0] + 1))
-  for q in np.flatnonzero(np.diff(bounds)):  # one iteration per query with a same-pid item
-    sl = slice(bounds[q], bounds[q + 1])
-    lo = np.searchsorted(ordered[q], values[sl], side="left")
-    hi = np.searchsorted(ordered[q], values[sl], side="right")
-    pos[sl] = lo
-    tied[sl] = hi - lo > 1
+  # Rows are sorted a block at a time in one reused buffer: a sorted copy of the whole matrix would
+  # spend more time faulting in fresh memory than sorting (0.3 s vs 0.14 s at Market-1501 scale).
+  block = max(1, min(distmat.shape[0], (16 << 20) // max(distmat.itemsize * distmat.shape[1], 1)))
+  buffer = np.empty((block, distmat.shape[1]), distmat.dtype)
+  for start in range(0, distmat.shape[0], block):
+    stop = min(start + block, distmat.shape[0])
+    ordered = buffer[: stop - start]
+    ordered[...] = distmat[start:stop]
+    ordered.sort(axis=1)
+    for q in np.flatnonzero(np.diff(bounds[start : stop + 1])):  # queries with a same-pid item
+      sl = slice(bounds[start + q], bounds[start + q + 1])
+      lo = np.searchsorted(ordered[q], values[sl], side="left")
+      hi = np.searchsorted(ordered[q], values[sl], side="right")
+      pos[sl] = lo
+      tied[sl] = hi - lo > 1
   for i in np.flatnonzero(tied):
     row = distmat[rows[i]]
     pos[i] += np.count_nonzero(row[: cols[i]] == values[i])
