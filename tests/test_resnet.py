@@ -323,3 +323,30 @@ def test_bn_axis_name_synchronises_batch_statistics():
   # Without the axis name each half would give different statistics.
   half = plain.apply(variables, x[:2], train=True, mutable=['batch_stats'])[1]
   assert not np.allclose(jax.tree.leaves(half)[0], jax.tree.leaves(want)[0], atol=1e-4)
+
+
+def test_blocks_set_the_depth_of_each_stage_of_every_model():
+  from sketchreid_jax import models
+  from sketchreid_jax.models.dalnet import DALNet
+  from sketchreid_jax.models.resnet import STAGE_NAMES
+
+  blocks = (1, 2, 1, 3)
+  assert [s.num_blocks for s in stage_specs(8, 1, blocks)] == list(blocks)
+  for bad in ((1, 1, 1), (0, 1, 1, 1), (1, 1, 1, 1.5)):
+    with pytest.raises(ValueError, match='blocks must be 4 positive ints'):
+      stage_specs(8, 1, bad)
+  photos = jnp.zeros((2, 32, 16, 3))
+  shapes = jax.eval_shape(
+    lambda: models.Baseline(num_classes=3, width=8, blocks=blocks).init(
+      jax.random.key(0), photos, photos, train=False
+    )
+  )['params']
+  assert [len(shapes[name]) for name in STAGE_NAMES] == list(blocks)
+  # DALNet: the private stages in each stream, the rest shared, each with its own depth.
+  shapes = jax.eval_shape(
+    lambda: DALNet(num_classes=3, width=8, blocks=blocks, num_private_stages=2).init(
+      jax.random.key(0), photos, photos, train=False
+    )
+  )['params']
+  assert [len(shapes['photo_stream'][n]) for n in STAGE_NAMES[:2]] == list(blocks[:2])
+  assert [len(shapes[n]) for n in STAGE_NAMES[2:]] == list(blocks[2:])
