@@ -30,6 +30,7 @@ Examples on the synthetic stand-in (after `make demo`):
 """
 
 import os
+import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # before TF is imported anywhere
 
@@ -59,6 +60,14 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   runtime.configure(FLAGS.jax_cache, FLAGS.config.parallel)
+  from sketchreid_jax import validate
+  from sketchreid_jax.config_base import ConfigError
+
+  try:  # the study's base config, before any data or compilation (as main does)
+    validate.validate(FLAGS.config, FLAGS.workdir)
+  except ConfigError as e:
+    print(f'reproduce: error: {e}', file=sys.stderr)
+    sys.exit(2)
   options = {
     'grid_styles': FLAGS.grid_styles,
     'subtables': FLAGS.subtables,
