@@ -30,18 +30,15 @@ import sys
 import time
 from collections.abc import Sequence
 
+from sketchreid_jax.tools import cli
+
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 PARTS = ('step', 'pipeline', 'rank')
 
 
 def _parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(
-    prog='python -m sketchreid_jax.tools.bench',
-    description=__doc__.split('\n\n')[0],
-    epilog=__doc__.split('\n\n', 1)[1],
-    formatter_class=argparse.RawDescriptionHelpFormatter,
-  )
+  p = cli.parser('sketchreid_jax.tools.bench', __doc__)
   p.add_argument(
     '--what', default='step,pipeline,rank', help='comma-separated parts: ' + ', '.join(PARTS)
   )

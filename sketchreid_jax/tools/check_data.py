@@ -22,16 +22,13 @@ import os
 import sys
 from collections.abc import Sequence
 
+from sketchreid_jax.tools import cli
+
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 
 def _parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(
-    prog='python -m sketchreid_jax.tools.check_data',
-    description=__doc__.split('\n\n')[0],
-    epilog=__doc__.split('\n\n', 1)[1],
-    formatter_class=argparse.RawDescriptionHelpFormatter,
-  )
+  p = cli.parser('sketchreid_jax.tools.check_data', __doc__)
   p.add_argument('root', nargs='?', help='the dataset folder (Market-Sketch-1K or PKU-Sketch)')
   p.add_argument(
     '--dataset',

@@ -32,6 +32,8 @@ import json
 import os
 from collections.abc import Sequence
 
+from sketchreid_jax.tools import cli
+
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 SIGNATURES = {'photo': 0, 'sketch': 1}  # signature name -> the evaluation's modality
@@ -39,20 +41,9 @@ DEFAULT_PLATFORMS = ('cpu', 'cuda', 'tpu')
 
 
 def _parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(
-    prog='python -m sketchreid_jax.tools.export',
-    description=__doc__.split('\n\n')[0],
-    epilog=__doc__.split('\n\n', 1)[1],
-    formatter_class=argparse.RawDescriptionHelpFormatter,
-  )
-  p.add_argument('--checkpoint', required=True, help='training workdir (see below)')
+  p = cli.parser('sketchreid_jax.tools.export', __doc__)
+  cli.add_checkpoint_args(p)
   p.add_argument('--out', required=True, help='SavedModel folder to write')
-  p.add_argument(
-    '--which',
-    choices=('best', 'latest'),
-    default='best',
-    help='checkpoint: best mAP (falls back to latest if none was evaluated) or latest',
-  )
   p.add_argument(
     '--platforms',
     default=','.join(DEFAULT_PLATFORMS),

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from sketchreid_jax import runtime
+from sketchreid_jax.tools import cli
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
@@ -37,23 +38,12 @@ IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
 
 
 def _parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(
-    prog='python -m sketchreid_jax.tools.retrieve',
-    description=__doc__.split('\n\n')[0],
-    epilog=__doc__.split('\n\n', 1)[1],
-    formatter_class=argparse.RawDescriptionHelpFormatter,
-  )
-  p.add_argument('--checkpoint', required=True, help='training workdir (see below)')
+  p = cli.parser('sketchreid_jax.tools.retrieve', __doc__)
+  cli.add_checkpoint_args(p)
   p.add_argument('--query', required=True, help='the query sketch (an image file)')
   p.add_argument('--gallery', required=True, help='folder of photos to rank')
   p.add_argument('--topk', type=int, default=10, help='how many photos to print and draw')
   p.add_argument('--out', default='', help="ranked-list PNG to write ('' = none)")
-  p.add_argument(
-    '--which',
-    choices=('best', 'latest'),
-    default='best',
-    help='checkpoint: best mAP (falls back to latest if none was evaluated) or latest',
-  )
   p.add_argument(
     '--id_prefix_len',
     type=int,
