@@ -10,17 +10,17 @@ from sketchreid_jax import parallel, train
 from sketchreid_jax.methods import get_method
 
 
-# The smallest training step the parallel tests compile: ResNet-50 at width 8 with one Bottleneck
-# per stage, 32×16 images, P×K = 4×2.
-TINY_STEP = dict(
+# The smallest model and batch the tests compile: ResNet-50 at width 8 with one Bottleneck per stage,
+# 32×16 images, P×K = 4×2 (overrides for load_config).
+TINY_MODEL = dict(
   model__width=8,
   model__blocks=(1, 1, 1, 1),
   data__image_size=(32, 16),
   sampler__P=4,
   sampler__K=2,
-  optim__lr=0.01,
-  schedule__warmup_epochs=1,
 )
+# The parallel tests' training step: the tiny model with a small, short warm-up.
+TINY_STEP = dict(TINY_MODEL, optim__lr=0.01, schedule__warmup_epochs=1)
 
 
 def pk_batch(config, num_classes=6, seed=0):

@@ -17,9 +17,7 @@ from sketchreid_jax.methods import get_method
 from tests import steps
 from tests.conftest import REPO
 
-TINY = dict(
-  model__width=8, model__blocks=(1, 1, 1, 1), data__image_size=(32, 16), sampler__P=4, sampler__K=2
-)
+TINY = steps.TINY_MODEL
 
 
 def _tiny(preset, **extra):

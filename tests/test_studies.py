@@ -11,14 +11,11 @@ import pytest
 
 from sketchreid_jax import studies, train
 from sketchreid_jax.config_base import load_config
+from tests import steps
 from tests.conftest import REPO
 
 TINY = dict(
-  model__width=8,
-  model__blocks=(1, 1, 1, 1),
-  data__image_size=(32, 16),
-  sampler__P=4,
-  sampler__K=2,
+  steps.TINY_MODEL,
   train__epochs=1,
   train__progress_bar=False,
   eval__batch_size=32,
