@@ -277,8 +277,7 @@ class Ranking:
     """The table row shown for each query: the sketch itself, or a multi-query group's first."""
     if self.eval_set.query_groups is None:
       return self.eval_set.query_index
-    groups = self.eval_set.query_groups
-    first = np.array([np.flatnonzero(groups == g)[0] for g in range(len(self.queries.pids))])
+    _, first = np.unique(self.eval_set.query_groups, return_index=True)  # groups are 0..n-1
     return self.eval_set.query_index[first]
 
 
