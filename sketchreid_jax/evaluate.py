@@ -214,8 +214,7 @@ def identity_queries(model, variables, table, eval_set, config) -> Queries:
       f'available; use one of {sorted(AGGREGATES)}'
     )
   feats = AGGREGATES[config.eval.multi_query_aggregate](model, variables, table, eval_set, config)
-  _, first = np.unique(eval_set.query_groups, return_index=True)  # each group's first sketch
-  return Queries(feats, eval_set.group_pids, eval_set.query_camids[first])
+  return Queries(feats, eval_set.group_pids, eval_set.query_camids[eval_set.group_first()])
 
 
 def distances(queries: Queries, g_feats: np.ndarray, config) -> np.ndarray:
@@ -277,8 +276,7 @@ class Ranking:
     """The table row shown for each query: the sketch itself, or a multi-query group's first."""
     if self.eval_set.query_groups is None:
       return self.eval_set.query_index
-    _, first = np.unique(self.eval_set.query_groups, return_index=True)  # groups are 0..n-1
-    return self.eval_set.query_index[first]
+    return self.eval_set.query_index[self.eval_set.group_first()]
 
 
 def ranked_list_figure(ranking: Ranking, table, *, num_queries: int, k: int):

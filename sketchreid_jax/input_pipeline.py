@@ -587,6 +587,11 @@ class EvalSet:
     """Queries as the protocol counts them: groups for multi-query, sketches otherwise."""
     return len(self.group_pids) if self.multi_query else len(self.query_index)
 
+  def group_first(self) -> np.ndarray:
+    """Multi-query: the position in ``query_index`` of each group's first sketch (groups are
+    numbered 0..n-1 by ``make_eval_set``)."""
+    return np.unique(self.query_groups, return_index=True)[1]
+
 
 def make_eval_set(table: SampleTable, test_styles: str, *, multi_query: bool) -> EvalSet:
   """Test sketches of ``test_styles`` vs every photo of split 'query' (DESIGN §5).

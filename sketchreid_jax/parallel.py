@@ -82,8 +82,6 @@ def initialize_distributed(parallel_config=None) -> bool:
   On CPU, cross-process collectives go through gloo (``jax_cpu_collectives_implementation``: JAX
   0.10's default; set here should it be unset).
   """
-  import jax
-
   get = lambda key, default: (
     parallel_config.get(key, default) if parallel_config is not None else default
   )
@@ -140,8 +138,6 @@ def check_identity_split(
   Each process reads P/num_processes identities of the P×K plan and gives each of its devices
   P/(num_processes·local_devices) of them (DESIGN §6). Defaults: this job's counts.
   """
-  import jax
-
   num_processes = jax.process_count() if num_processes is None else num_processes
   local_devices = jax.local_device_count() if local_devices is None else local_devices
   n = num_processes * local_devices

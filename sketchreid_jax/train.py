@@ -497,13 +497,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   unchecked: list = []  # (step, device metrics) not yet read on the host
   window: list = []  # (step, host metrics) since the last log line
 
-  def save(state_to_save, *, force=False):
+  def save(device_state, *, force=False):
     nonlocal unchecked, window, saved_step
     # Never a state after a non-finite step: read every pending step's metrics first.
     window += _fetch_and_check(unchecked, config.train.on_nonfinite, directory)
     unchecked = []
     if step != saved_step:  # e.g. checkpoint_every_steps divides the epoch
-      latest_mgr.save(step, args=ocp.args.StandardSave(_state_to_save(state_to_save)), force=force)
+      host_state = launcher.get_state(device_state)  # only when a save happens
+      latest_mgr.save(step, args=ocp.args.StandardSave(_state_to_save(host_state)), force=force)
       saved_step = step
 
   try:
@@ -559,9 +560,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           bar.set_postfix(loss=f'{summary.get("loss", float("nan")):.3f}', img_s=f'{rate:.0f}')
           tick, tick_step, window = time.perf_counter(), step, []
         if config.train.checkpoint_every_steps and step % config.train.checkpoint_every_steps == 0:
-          save(launcher.get_state(state))
+          save(state)
       bar.close()
-      save(launcher.get_state(state), force=True)
+      save(state, force=True)
 
       last = epoch + 1 == config.train.epochs
       if last or (config.eval.every_epochs and (epoch + 1) % config.eval.every_epochs == 0):
@@ -628,30 +629,22 @@ def _flatten(d: dict, prefix: str = '') -> dict:
 
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Evaluates the best (else the latest) checkpoint of a training workdir on config's protocols;
-  the reports go to ``<workdir>/evaluate/``."""
-  meta_path = os.path.join(workdir, 'train_meta.json')
-  if not os.path.exists(meta_path):
-    raise FileNotFoundError(
-      f'{meta_path} not found: {workdir!r} is not a training workdir '
-      '(run --mode=train first, or pass the workdir of a finished run).'
-    )
-  with open(meta_path) as f:
-    meta = json.load(f)
-  method = get_method(config.method)
+  the reports go to ``<workdir>/evaluate/``.
+
+  The model and its variables are the workdir's own (``inference.load_trained``: its config.json
+  and checkpoint, params and batch statistics only); ``config`` supplies the data and the
+  evaluation settings.
+  """
+  from sketchreid_jax import inference
+
+  trained = inference.load_trained(workdir)
   table = datasets.load(config.data)
-  model = method.model_for(config, meta['num_classes'], None)
-  state = create_train_state(config, model, meta['steps_per_epoch'], jax.random.key(config.seed))
-  latest_mgr, best_mgr = _checkpoint_managers(workdir, config)
-  manager = best_mgr if best_mgr.latest_step() is not None else latest_mgr
-  if manager.latest_step() is None:
-    raise FileNotFoundError(f'no checkpoint in {workdir}/best or {workdir}/checkpoints')
-  state = restore_latest(manager, state)
   # Its own folder: the training's reports stay as they were, whatever protocol is asked for here.
   return evaluate_lib.evaluate(
-    model,
-    {'params': state.params, 'batch_stats': state.batch_stats},
+    trained.model,
+    trained.variables,
     table,
     config,
     workdir=os.path.join(workdir, 'evaluate'),
-    extra={'step': int(state.step), 'mode': 'evaluate'},
+    extra={'step': trained.step, 'mode': 'evaluate'},
   )
