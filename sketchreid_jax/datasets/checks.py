@@ -256,13 +256,6 @@ class Report:
     groups = {k: [p for p in self.problems if p.kind == k] for k in order}
     return {k: v for k, v in groups.items() if v}
 
-  def count(self, kind: str) -> int:
-    return sum(p.kind == kind for p in self.problems)
-
-  def paths(self, kind: str) -> list[str]:
-    """The paths of ``kind``'s problems relative to the root (posix), in the order found."""
-    return [_relative(p.path, self.root) for p in self.problems if p.kind == kind]
-
   def pids(self, kind: str) -> list[int]:
     """The distinct identities of ``kind``'s problems, sorted."""
     return sorted({p.pid for p in self.problems if p.kind == kind and p.pid is not None})
@@ -311,13 +304,6 @@ class Report:
         self.root,
         ', '.join(f'{k} {n}' for k, n in notes.items()),
       )
-
-
-def _relative(path: str, root: str) -> str:
-  try:
-    return Path(path).relative_to(root).as_posix()
-  except ValueError:
-    return path
 
 
 def _format_kind(kind: str, problems: Sequence[Problem], max_listed: int | None) -> list[str]:

@@ -305,7 +305,7 @@ class MarketSketch1K(LocalCodePath, tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     root = Path(dl_manager.manual_dir)
-    records = scan_layout(root)  # the loader checked everything; this only re-lists
+    records = survey(root).records  # the loader enforced the checks; this only re-lists
     return {
       split: self._generate_examples(root, [r for r in records if r.split == split])
       for split in SPLITS

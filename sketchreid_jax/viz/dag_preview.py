@@ -17,12 +17,13 @@ Interpretations chosen:
 
 from collections.abc import Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from sketchreid_jax.models.dag import DAG, edge_kernel_init
+from sketchreid_jax.models.dag import DAG
 from sketchreid_jax.viz.gradcam import display_rgb
 
 __all__ = ['auxiliary_images', 'dag_preview_figure']
@@ -41,9 +42,9 @@ def auxiliary_images(photos, masks=None, *, model=None, variables=None) -> np.nd
       'auxiliary_images: pass both model and variables (a trained DALNet) or neither.'
     )
   if model is None:
-    dag = DAG()
-    kernel = edge_kernel_init(dag.center, dag.neighbour).reshape(3, 3, 1, 1)
-    return np.asarray(dag.apply({'params': {'edge_kernel': kernel}}, photos, masks), np.float32)
+    # DAG's own initialisation is its fixed starting kernel (the key is not used).
+    aux, _ = DAG().init_with_output(jax.random.key(0), photos, masks)
+    return np.asarray(aux, np.float32)
   if not getattr(model, 'use_aux', False) or 'dag' not in variables.get('params', {}):
     raise ValueError(
       f'auxiliary_images: {type(model).__name__} has no DAG (only DALNet with '

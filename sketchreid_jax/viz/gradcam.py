@@ -246,22 +246,17 @@ register_stages(
 # --- Grad-CAM. ---
 
 
-@functools.lru_cache(maxsize=8)
-def _extract(model, modality: int, feature: str):
-  def fn(variables, images):
-    out = model.apply(variables, images, modality=modality, train=False, method=model.extract)
-    return out[feature].astype(jnp.float32)
-
-  return jax.jit(fn)
-
-
 def embed(model, variables, images, *, modality: int, feature: str = 'feat') -> np.ndarray:
   """L2-normalised eval embeddings (N, D) of one modality (the retrieval feature), e.g. the
   reference ``target`` of :func:`gradcam`."""
   if feature not in FEATURES:
     raise ValueError(f'embed: feature must be one of {FEATURES}, got {feature!r}.')
-  feat = np.asarray(_extract(model, modality, feature)(variables, jnp.asarray(images)))
-  return feat / np.maximum(np.linalg.norm(feat, axis=-1, keepdims=True), 1e-12)
+  # The evaluation's own compiled extractor (no flip: a heatmap explains one image). evaluate
+  # imports TensorFlow, so only on use: importing viz stays light.
+  from sketchreid_jax.evaluate import _extract_fn, l2_normalise
+
+  feat = np.asarray(_extract_fn(model, modality, feature, False)(variables, jnp.asarray(images)))
+  return l2_normalise(feat)
 
 
 def _cosine(feat: Array, reference: Array) -> Array:

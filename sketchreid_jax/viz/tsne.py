@@ -40,7 +40,9 @@ MARKERS: dict[str, str] = {'photo': 'o', 'aux': '^', 'sketch': '*'}
 
 
 def _l2(x: np.ndarray) -> np.ndarray:
-  return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+  from sketchreid_jax.evaluate import l2_normalise  # imports TensorFlow: only on use
+
+  return l2_normalise(x)
 
 
 @functools.lru_cache(maxsize=4)

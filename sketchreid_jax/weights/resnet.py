@@ -53,7 +53,6 @@ _MAX_LISTED = 10
 
 # Flax module name → torchvision module name where they differ (the downsample Sequential).
 _MODULE_NAMES = {'downsample_conv': 'downsample.0', 'downsample_bn': 'downsample.1'}
-# Flax leaf name → torchvision suffix, per kind of layer.
 # torchvision depth → blocks per stage (Bottleneck for 50+, BasicBlock for 18/34).
 _KNOWN_DEPTHS = {
   'ResNet-18': (2, 2, 2, 2),
