@@ -12,6 +12,8 @@ Presets (the part after ':'):
   market_sketch_s1  train and test on artist S1 (style A), single-query      (CMDSL Table 2 setting)
   market_sketch_sq  train and test on all six artists, single-query          (CMDSL Table 3, S)
   market_sketch_mq  train and test on all six artists, multi-query           (CMDSL Table 3, M)
+                    as the release's --train_mq --test_mq: fused sketch sets with its Non-local
+                    block in training, the same fusion ('stem') at test (models/fusion.py)
   pku_sketch        PKU-Sketch, one 150/50 trial (--config.data.pku_trial)   (CMDSL Table 4, B)
 Without a preset the config is market_sketch_sq.
 
@@ -36,6 +38,9 @@ PRESETS = {
     'data.train_styles': 'ABCDEF',
     'data.test_styles': 'ABCDEF',
     'eval.protocols': ('multi_query', 'single_query'),
+    'model.sketch_fusion': True,
+    'model.fusion_nonlocal': True,
+    'eval.multi_query_aggregate': 'stem',
   },
   'pku_sketch': PKU_SKETCH,
 }

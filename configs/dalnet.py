@@ -27,6 +27,12 @@ Presets (the part after ':'):
   dag_style              Table 2: DAG kernel trained, + style refinement loss (= pku, the full model)
 The ablations run on PKU-Sketch, as DALNet's tables do.
 
+Market-Sketch-1K protocol: market_mq trains on single sketches and tests multi-query with the
+'mean' aggregate (each identity's query = the re-normalised mean of its sketches' embeddings).
+DALNet describes no multi-query training, and the release's fusion (mean of stem maps, Non-local
+block) belongs to its two-stream stem, not to DALNet's three private streams, so
+model.sketch_fusion is refused for this method (validate.py).
+
 What the seed does not give (its formula images and most numbers were lost), and what we chose:
 loss weights (all 1), optimiser and schedule (the MM'23 baseline's: SGD Nesterov, lr 0.1 with the
 backbone at 0.1×, 10 warm-up epochs, ×0.1 at 20 and 50, 80 epochs), P×K = 8×4, image 288×144,

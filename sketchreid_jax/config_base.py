@@ -36,6 +36,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.pad = 10  # zero padding before the random crop
   c.data.flip = True
   c.data.random_erasing = 0.0  # probability; off in the MM'23 baseline, on (0.5) in CMDSL's text
+  # Resize every image to image_size once, on load, with PIL's antialiasing (Lanczos) filter, as
+  # the MM'23 release does before augmenting (datasets/resize.py); False = bilinear in tf.data.
+  c.data.resize_antialias = False
   c.data.prefetch = 2  # batches prefetched by tf.data and to the device
   c.data.threads = 0  # tf.data thread-pool size; 0 = TF's default (all cores)
   c.data.attribute_noise = 0  # CMDSL Table 7: corrupt this many of the 27 attributes per identity
@@ -49,6 +52,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.sampler = ml_collections.ConfigDict()
   c.sampler.P = 8  # identities per batch
   c.sampler.K = 4  # photos and sketches per identity (batch = 2·P·K)
+  # 'cycle': identities walk per-epoch permutations, images drawn without replacement when the
+  # identity has >= K (ours); 'release': the MM'23 release's IdentitySampler, P identities drawn
+  # afresh for every batch and K images always with replacement (input_pipeline.pk_plan).
+  c.sampler.scheme = 'cycle'
 
   c.model = ml_collections.ConfigDict()
   c.model.width = 64  # ResNet base channels; 64 is the real ResNet-50
@@ -61,9 +68,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.dtype = 'float32'  # computation dtype ('bfloat16' for mixed precision)
   # Converted ImageNet weights (tools.convert_weights); '' = from scratch.
   c.model.init_checkpoint = ''
-  # Multi-query training (CMDSL Table 5 b, d): each identity's K sketches in a batch are fused
-  # (mean of their modality-specific feature maps, the MM'23 multi-query scheme; models/fusion.py).
+  # Multi-query training as released (--train_mq; every "M" row of the papers): each sketch slot
+  # holds the identity's whole set of training sketches, independently augmented, fused at the
+  # stem (mean of the stem maps; models/fusion.py). Baseline and CMDSL only.
   c.model.sketch_fusion = False
+  # The release's Non-local block on each fused stem map (models/nonlocal_block.py).
+  c.model.fusion_nonlocal = False
   c.model.ffam_stages = ()  # CMDSL: stages followed by an FFAM, e.g. ('layer1', ..., 'layer4')
   c.model.ffam_reduction = 16  # FFAM channel-attention reduction r (Eq. 3)
   # DALNet (seed 003). Tables 1–2 ablate these.
@@ -85,6 +95,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.metric = 'wrt'  # 'wrt' (weighted regularised triplet) or 'batch_hard'
   c.loss.metric_weight = 1.0
   c.loss.triplet_margin = 0.3  # batch-hard margin (unused by WRT, which has none)
+  # WRT softmax max-shift: 'set' (over each positive/negative set) or 'reference' (over the whole
+  # row, as the released code; losses/triplet.py explains the difference).
+  c.loss.wrt_shift = 'set'
   c.loss.rtcl_weight = 0.0  # λ2 of CMDSL Eq. 13 (0.9 in the paper); 0 = off
   c.loss.cmalign_ic_weight = 0.0  # λ1 on L_ic (CMDSL: 0.5; the released MM'23 code: 0)
   c.loss.cmalign_dt_weight = 0.0  # λ1 on L_dt (0.5 in both)
@@ -138,10 +151,16 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.eval = ml_collections.ConfigDict()
   c.eval.every_epochs = 10  # and always after the last epoch (0 = only then)
+  # Evaluate after epoch e (1-based) when e > offset and (e - offset) % every_epochs == 0. The MM'23
+  # release tests after epochs 3, 5, ..., 81 (its 0-based even epochs > 0): every 2, offset 1.
+  c.eval.offset_epochs = 0
   # Any of 'single_query', 'multi_query', each optionally restricted to some artists with
   # ':<styles>' (e.g. 'single_query:A' = style A only); without it, data.test_styles.
   c.eval.protocols = ('single_query',)
-  c.eval.best_protocol = ''  # protocol whose mAP picks the best checkpoint; '' = the first
+  c.eval.best_protocol = ''  # protocol whose best_metric picks the best checkpoint; '' = the first
+  # 'mAP' or 'R-1' (the release keeps the epoch of the best rank-1). The selected epoch's numbers
+  # are best on the test set, so the reports always show the last epoch's beside them.
+  c.eval.best_metric = 'mAP'
   c.eval.batch_size = 128
   c.eval.feature = 'feat'  # 'feat' = pre-BN GeM feature (the reference), 'bn_feat' = after BNNeck
   c.eval.flip = False  # average the embeddings of the image and its mirror image

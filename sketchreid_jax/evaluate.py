@@ -126,7 +126,7 @@ def _stem_fns(model, flip: bool):
     return maps[None]
 
   def embed(variables, maps):
-    return model.apply(variables, maps, train=False, method=model.extract_from_stem)
+    return model.apply(variables, maps, train=False, method=model.extract_fused)
 
   return jax.jit(stem), jax.jit(embed)
 
@@ -134,7 +134,8 @@ def _stem_fns(model, flip: bool):
 def stem_group_features(
   model, variables, table, indices: np.ndarray, groups: np.ndarray, *, config
 ) -> np.ndarray:
-  """MM'23 multi-query embeddings: each group's mean sketch stem map, embedded once (fusion.py).
+  """MM'23 multi-query embeddings: each group's mean sketch stem map through the model's
+  ``extract_fused`` (the release's Non-local block where the model has it, then the shared rest).
 
   ``groups[i]`` (0..G-1) is the group of row ``indices[i]``; returns (G, D), L2-normalised. With
   ``config.eval.flip`` the mirrored sketches' maps are fused and embedded separately and the two
@@ -327,11 +328,21 @@ def _run_protocol(model, variables, table, config, protocol, styles, gallery_cac
 
 
 def evaluate(
-  model, variables, table, config, *, workdir: str | None = None, extra: dict | None = None
+  model,
+  variables,
+  table,
+  config,
+  *,
+  workdir: str | None = None,
+  extra: dict | None = None,
+  selection=None,
 ) -> dict[str, RankResult]:
   """Runs every protocol of ``config.eval.protocols``; writes the reports into ``workdir`` if given.
 
   Results are keyed by the protocol entries as written in the config ('single_query:A', …).
+  ``selection`` (``evaluation.selection.Selection``, during training) takes these results with
+  ``extra['epoch']``/``['step']`` before the reports are written, so they show the selected epoch
+  beside this one.
   """
   specs = {spec: parse_protocol(spec, config.data.test_styles) for spec in config.eval.protocols}
   results, chances, gallery_cache, shown = {}, {}, {}, None
@@ -346,10 +357,15 @@ def evaluate(
       raise kind(f'protocol {spec!r} of config.eval.protocols: {err}') from err
   table_rows = {name: r.to_dict() for name, r in results.items()}
   table_rows.update({f'chance ({name})': c for name, c in chances.items()})
+  selected = None
+  if selection is not None:
+    selection.update(results, epoch=extra['epoch'], step=extra['step'])
+    selected = selection.best
   text = (
     report.format_table(table_rows)
     + '\n'
     + '\n'.join(_versus_chance(name, results[name], chances[name]) for name in results)
+    + ('' if selected is None else '\n\n' + report.selected_table(selected))
   )
   print(f'evaluation{f" ({extra})" if extra else ""}\n{text}', flush=True)
   if workdir is not None and jax.process_index() == 0:
@@ -358,6 +374,7 @@ def evaluate(
       results,
       chance=chances[config.eval.protocols[0]],
       extra=dict(extra or {}, chance=chances),
+      selected=selected,
     )
     if config.eval.ranked_list_queries:
       fig = ranked_list_figure(

@@ -17,11 +17,18 @@ Interpretations chosen:
   styles (an identity without one modality cannot form a cross-modal pair); the others are
   dropped with one warning. Labels are 0..C-1 in sorted original-pid order.
 - ``steps_per_epoch`` counts the photos and sketches of the training identities only.
-- Identities are drawn by walking per-epoch permutations; when a batch straddles two
-  permutations, the identities already in that batch are moved to the end of the new permutation,
-  so a batch never repeats an identity and every identity still appears once per cycle.
-- Per-identity images are drawn without replacement when the identity has >= K, with replacement
-  otherwise (DESIGN §4).
+- Sampler ``scheme='cycle'`` (ours, the default): identities are drawn by walking per-epoch
+  permutations; when a batch straddles two permutations, the identities already in that batch are
+  moved to the end of the new permutation, so a batch never repeats an identity and every identity
+  still appears once per cycle. Per-identity images are drawn without replacement when the
+  identity has >= K, with replacement otherwise. ``scheme='release'``: the MM'23 release's
+  ``IdentitySampler``, P distinct identities drawn afresh for every batch and K photos and K
+  sketches of each always with replacement (so an identity may be missed in an epoch and an image
+  repeated in a batch). Both draw from ``np.random.default_rng([seed, epoch])``.
+- Fused sketch sets (multi-query training, models/fusion.py): with ``sketch_sets=True`` every
+  sketch slot of the plan becomes the slot identity's whole set of training sketches, each member
+  augmented with its own seed, padded to the largest set with zero images marked invalid. The
+  plan itself is unchanged (its sketch draws only name the identity), so resumption is as usual.
 - Augmentation order (DESIGN §4): bilinear resize to image_size -> zero-pad ``pad`` pixels (black
   in pixel space, as torchvision's Pad before Normalize) -> random crop back -> random horizontal
   flip (p = 0.5) -> ImageNet normalisation -> random erasing. Erased pixels are set to 0 in
@@ -178,9 +185,14 @@ def make_train_set(table: SampleTable, train_styles: str) -> TrainSet:
 # --------------------------------------------------------------------------- P×K plan
 
 
-def steps_per_epoch(train_set: TrainSet, P: int, K: int) -> int:
-  """⌊max(#photos, #sketches) / (P·K)⌋ + 1 batches per epoch (DESIGN §4)."""
-  return max(train_set.num_photos, train_set.num_sketches) // (P * K) + 1
+def steps_per_epoch(train_set: TrainSet, P: int, K: int, *, fused: bool = False) -> int:
+  """⌊max(#photos, #sketch samples) / (P·K)⌋ + 1 batches per epoch, the release's count.
+
+  A sketch sample is one sketch, or with ``fused`` one identity's set (the release's multi-query
+  training set holds one entry per identity).
+  """
+  sketches = train_set.num_classes if fused else train_set.num_sketches
+  return max(train_set.num_photos, sketches) // (P * K) + 1
 
 
 def _identity_schedule(
@@ -209,11 +221,39 @@ def _draw(rng: np.random.Generator, rows: np.ndarray, K: int) -> np.ndarray:
   return rows[rng.integers(0, len(rows), size=K)]
 
 
-def pk_plan(train_set: TrainSet, *, P: int, K: int, epoch: int, seed: int) -> np.ndarray:
+def _release_schedule(rng: np.random.Generator, num_classes: int, steps: int, P: int):
+  """(steps, P) labels: P distinct identities drawn afresh for every batch (the release)."""
+  return np.stack([rng.choice(num_classes, P, replace=False) for _ in range(steps)])
+
+
+def _draw_with_replacement(rng: np.random.Generator, rows: np.ndarray, K: int) -> np.ndarray:
+  return rows[rng.integers(0, len(rows), size=K)]
+
+
+# config.sampler.scheme -> (identity schedule, per-identity draw); the module docstring compares them
+SCHEMES = {
+  'cycle': (_identity_schedule, lambda rng, rows, K: _draw(rng, rows, K)),
+  'release': (_release_schedule, _draw_with_replacement),
+}
+
+
+def pk_plan(
+  train_set: TrainSet,
+  *,
+  P: int,
+  K: int,
+  epoch: int,
+  seed: int,
+  scheme: str = 'cycle',
+  fused: bool = False,
+) -> np.ndarray:
   """(steps, P, 2, K) table row indices: [:, :, 0] photos, [:, :, 1] sketches of each identity.
 
-  Deterministic in (seed, epoch): ``np.random.default_rng([seed, epoch])``.
+  Deterministic in (seed, epoch): ``np.random.default_rng([seed, epoch])``. ``scheme`` is
+  ``config.sampler.scheme``; ``fused`` counts the epoch's steps as ``steps_per_epoch`` does.
   """
+  if scheme not in SCHEMES:
+    raise ValueError(f"pk_plan: scheme must be one of {sorted(SCHEMES)}, got {scheme!r}.")
   if P < 1 or K < 1:
     raise ValueError(f"pk_plan: P and K must be >= 1, got P={P}, K={K}.")
   if train_set.num_classes < P:
@@ -222,14 +262,15 @@ def pk_plan(train_set: TrainSet, *, P: int, K: int, epoch: int, seed: int) -> np
       f"{train_set.train_styles!r}) has only {train_set.num_classes}; lower "
       f"config P to at most {train_set.num_classes} or train on more styles."
     )
+  schedule, draw = SCHEMES[scheme]
   rng = np.random.default_rng([seed, epoch])
-  steps = steps_per_epoch(train_set, P, K)
-  ids = _identity_schedule(rng, train_set.num_classes, steps, P)
+  steps = steps_per_epoch(train_set, P, K, fused=fused)
+  ids = schedule(rng, train_set.num_classes, steps, P)
   plan = np.empty((steps, P, 2, K), dtype=np.int32)
   for step in range(steps):
     for slot, label in enumerate(ids[step]):
-      plan[step, slot, 0] = _draw(rng, train_set.photo_index_by_label[label], K)
-      plan[step, slot, 1] = _draw(rng, train_set.sketch_index_by_label[label], K)
+      plan[step, slot, 0] = draw(rng, train_set.photo_index_by_label[label], K)
+      plan[step, slot, 1] = draw(rng, train_set.sketch_index_by_label[label], K)
   return plan
 
 
@@ -407,6 +448,7 @@ def train_iterator(
   erasing_attempts: int = 10,
   threads: int = 0,
   masks: np.ndarray | None = None,
+  sketch_sets: bool = False,
 ) -> Iterator[dict[str, np.ndarray]]:
   """Augmented batches for steps ``start_step..`` of ``plan`` (this host's (steps, p, 2, K) plan).
 
@@ -417,6 +459,11 @@ def train_iterator(
   ``masks`` ((len(table),) PNG bytes per photo row, from ``datasets.masks.load_masks``) adds
   ``'mask': float32 (B, H, W, 1)`` in [0, 1]: each photo's mask resized, cropped and flipped with
   it (not erased: random erasing is a photometric change of the image); sketch rows get ones.
+
+  ``sketch_sets`` (multi-query training) replaces each sketch slot by its identity's whole set of
+  training sketches: ``'image'`` then holds the p·K photos only, ``'sketch_set'`` is float32
+  (p·K, M, H, W, 3) with M the largest set, and ``'sketch_valid'`` bool (p·K, M) marks the real
+  members (padding is zero images). ``label``, ``modality`` and ``index`` keep the 2·p·K layout.
   """
   plan = np.asarray(plan)
   if plan.ndim != 4 or plan.shape[2] != 2:
@@ -445,7 +492,14 @@ def train_iterator(
       "train_iterator: plan rows do not follow [photos | sketches]; pass the "
       "plan from pk_plan/host_slice unchanged."
     )
-  bank, local = _image_bank(table, rows)
+  examples, valid, set_valid = rows, np.ones(rows.shape, bool), None
+  if sketch_sets:
+    if masks is not None:
+      raise ValueError(
+        "train_iterator: sketch_sets and masks do not combine (DALNet has no fusion)."
+      )
+    examples, valid, set_valid = _set_examples(rows, labels, train_set)
+  bank, local = _image_bank(table, examples)
   if masks is not None:
     if len(masks) != len(table):
       raise ValueError(
@@ -459,8 +513,9 @@ def train_iterator(
         "every training photo row."
       )
     mask_bank, _ = _image_bank(table, rows, masks)
-  step_ids = np.repeat(np.arange(start_step, steps, dtype=np.int64)[:, None], batch, axis=1)
-  positions = np.broadcast_to(np.arange(batch, dtype=np.int64), rows.shape)
+  width = examples.shape[1]
+  step_ids = np.repeat(np.arange(start_step, steps, dtype=np.int64)[:, None], width, axis=1)
+  positions = np.broadcast_to(np.arange(width, dtype=np.int64), examples.shape)
   slices = {
     "local": local,
     "index": rows.astype(np.int32),
@@ -469,6 +524,17 @@ def train_iterator(
     "step": step_ids,
     "position": positions,
   }
+  if sketch_sets:  # one example per photo and per set member; the 2·p·K columns are added back
+    example_modality = np.repeat(
+      [MODALITY_PHOTO, MODALITY_SKETCH], [batch // 2, width - batch // 2]
+    )
+    slices = dict(
+      slices,
+      index=examples.astype(np.int32),
+      label=np.zeros(examples.shape, np.int32),
+      modality=np.broadcast_to(example_modality.astype(np.int32), examples.shape),
+      valid=valid,
+    )
   slices = {k: np.ascontiguousarray(v).reshape(-1) for k, v in slices.items()}
 
   def load(example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
@@ -515,8 +581,50 @@ def train_iterator(
       out["mask"] = mask
     return out
 
-  ds = tf.data.Dataset.from_tensor_slices(slices).map(load, num_parallel_calls=tf.data.AUTOTUNE)
-  yield from _finish(ds, batch, prefetch, threads).as_numpy_iterator()
+  def load_member(example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    height, width = image_size
+    padding = lambda: {"image": tf.zeros((height, width, 3), tf.float32)}
+    return tf.cond(example["valid"], lambda: {"image": load(example)["image"]}, padding)
+
+  ds = tf.data.Dataset.from_tensor_slices(slices)
+  ds = ds.map(load_member if sketch_sets else load, num_parallel_calls=tf.data.AUTOTUNE)
+  batches = _finish(ds, width, prefetch, threads).as_numpy_iterator()
+  if not sketch_sets:
+    yield from batches
+    return
+  half = batch // 2
+  for i, out in enumerate(batches):
+    images = out["image"]
+    yield {
+      "image": images[:half],
+      "sketch_set": images[half:].reshape(half, set_valid.shape[-1], *images.shape[1:]),
+      "sketch_valid": set_valid[i],
+      "label": labels[i].astype(np.int32),
+      "modality": modality[i],
+      "index": rows[i].astype(np.int32),
+    }
+
+
+def sketch_set_table(train_set: TrainSet) -> tuple[np.ndarray, np.ndarray]:
+  """(C, M) table rows of each label's training sketches, padded with its first, and (C, M) valid."""
+  sets = train_set.sketch_index_by_label
+  size = max(len(r) for r in sets)
+  padded = np.stack([np.resize(r, size) for r in sets]).astype(np.int64)
+  valid = np.arange(size)[None, :] < np.array([len(r) for r in sets])[:, None]
+  return padded, valid
+
+
+def _set_examples(rows: np.ndarray, labels: np.ndarray, train_set: TrainSet):
+  """Per step: [p·K photo rows | each sketch slot's set, M rows a slot], their validity, and the
+  (steps, p·K, M) validity of the sets."""
+  half = rows.shape[1] // 2
+  padded, valid = sketch_set_table(train_set)
+  slot_labels = labels[:, half:]
+  steps = rows.shape[0]
+  set_rows, set_valid = padded[slot_labels], valid[slot_labels]  # (steps, p·K, M)
+  examples = np.concatenate([rows[:, :half], set_rows.reshape(steps, -1)], axis=1)
+  member_valid = np.concatenate([np.ones((steps, half), bool), set_valid.reshape(steps, -1)], 1)
+  return examples, member_valid, set_valid
 
 
 def eval_iterator(

@@ -16,12 +16,25 @@ Studies (the registry ``STUDIES``):
 * ``style_grid`` — CMDSL Table 5: training artists (S1, S1,2, …) × unseen test artists (S6, S5,6,
   …), sub-tables (a) single-query training and testing, (b) multi-query training and testing,
   (c) single-query training, multi-query testing, (d) multi-query training, single-query testing.
-  Multi-query training fuses each identity's sketches (``model.sketch_fusion``); a multi-query row
-  or column needs at least two artists and a cell needs disjoint artists, which gives exactly the
-  paper's filled cells.
+  Multi-query training and testing are the release's ``--train_mq``/``--test_mq``: fused sketch
+  sets with its Non-local block in training (``model.sketch_fusion``, ``model.fusion_nonlocal``)
+  and the same fusion at test (``eval.multi_query_aggregate='stem'``, also for the single-query
+  trained rows of (c), where the untrained block is the identity, as in the release); a
+  multi-query row or column needs at least two artists and a cell needs disjoint artists, which
+  gives exactly the paper's filled cells.
 * ``attribute_noise`` — CMDSL Table 7: the config trained with 0/3/6/9 of the 27 attributes
   corrupted per identity (``data.attribute_noise``); run it once with the baseline's config and
   once with CMDSL's.
+
+Seeds (``run_seeds``, ``tools.reproduce --seeds=0,1,2``): any study, once per seed with
+``config.seed`` set to it, in ``<workdir>/seed<k>/`` (each a complete study with its own tables, so
+a killed multi-seed run resumes exactly as its sub-studies do), then ``seeds.md``/``.csv``/``.json``
+in the workdir: mean ± std over the seeds of every metric of every row the study reported, rows
+matched by their non-metric fields (trial, test artists, sub-table, ...). The std is numpy's
+population std (ddof = 0), as ``pku_trials`` uses over trials. ``pku_trials`` also contributes a
+row for its mean over trials (the number its paper table reports). ``config.seed`` drives model
+init, the P×K plan and augmentation only: PKU-Sketch's splits stay those of
+``data.pku_split_seed``, so every seed trains and tests on the same identities.
 """
 
 import copy
@@ -137,7 +150,9 @@ def pku_trials(config, workdir: str, options: Mapping[str, Any]) -> dict:
     f'{config.data.pku_split_seed}); %, std over trials (ddof = 0)\n\n'
     + markdown_table(header, rows)
   )
-  return write_summary(workdir, 'pku_trials', markdown, records, {'mean': mean, 'std': std})
+  out = write_summary(workdir, 'pku_trials', markdown, records, {'mean': mean, 'std': std})
+  # run_seeds reports the mean over trials (the paper's number) as a row of its own.
+  return {**out, 'mean': mean, 'std': std}
 
 
 def market_styles(config, workdir: str, options: Mapping[str, Any]) -> dict:
@@ -208,6 +223,8 @@ def style_grid(config, workdir: str, options: Mapping[str, Any]) -> dict:
       {
         'data.train_styles': r,
         'model.sketch_fusion': mode == 'multi_query',
+        'model.fusion_nonlocal': mode == 'multi_query',
+        'eval.multi_query_aggregate': 'stem',
         'eval.protocols': tuple(specs),
         'eval.best_protocol': '',
       },
@@ -282,3 +299,123 @@ STUDIES: dict[str, Study] = {
     evaluate_only, "evaluate a trained workdir on config.eval.protocols (e.g. 'single_query:A')"
   ),
 }
+
+
+# -------------------------------------------------------------------------------------- seeds
+
+SEEDS_NAME = 'seeds'
+# The row run_seeds adds for pku_trials' mean over trials.
+TRIAL_MEAN_LABEL = 'mean over trials'
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+  """'0,1,2' -> (0, 1, 2); empty, repeated, negative or non-integer seeds are a ValueError."""
+  parts = [p.strip() for p in str(text).split(',') if p.strip()]
+  try:
+    seeds = tuple(int(p) for p in parts)
+  except ValueError:
+    raise ValueError(
+      f'--seeds takes comma-separated integers such as 0,1,2, got {text!r}.'
+    ) from None
+  if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+    raise ValueError(
+      f'--seeds needs distinct integers >= 0 such as 0,1,2 (config.seed of each run), got {text!r}.'
+    )
+  return seeds
+
+
+def seed_workdir(workdir: str, seed: int) -> str:
+  return os.path.join(workdir, f'seed{seed}')
+
+
+def seed_rows(out: Mapping[str, Any]) -> list[dict]:
+  """One study result's rows: its records, plus pku_trials' mean over trials when it has one."""
+  rows = [dict(r) for r in out['records']]
+  if isinstance(out.get('mean'), Mapping):
+    first = rows[0] if rows else {'trial': None}
+    label = {k: TRIAL_MEAN_LABEL for k in first if k not in METRICS}
+    rows.append({**label, **{k: float(v) for k, v in out['mean'].items()}})
+  return rows
+
+
+def summarize_seeds(per_seed: Mapping[int, Sequence[Mapping[str, Any]]]) -> list[dict]:
+  """Mean and population std (ddof = 0) over seeds of every metric of every row.
+
+  ``per_seed`` maps each seed to its rows (``seed_rows``); rows are matched by their non-metric
+  fields and must be the same, in the same order, for every seed (the same study and options).
+  Each output record holds those fields, ``seeds`` (the count) and ``<metric>_mean``,
+  ``<metric>_std`` for each metric every seed reported.
+  """
+  seeds = list(per_seed)
+  if not seeds:
+    raise ValueError('summarize_seeds: no seeds to summarise.')
+
+  def key(row):
+    return tuple((k, v) for k, v in row.items() if k not in METRICS)
+
+  keys = [key(r) for r in per_seed[seeds[0]]]
+  for seed in seeds[1:]:
+    if [key(r) for r in per_seed[seed]] != keys:
+      raise ValueError(
+        f'seed {seed} reported other rows than seed {seeds[0]} ({len(per_seed[seed])} vs '
+        f'{len(keys)}); run every seed with the same protocol and options, or delete the '
+        f'stale {seed_workdir("<workdir>", seed)} sub-folder.'
+      )
+  records = []
+  for i, row_key in enumerate(keys):
+    mean, std = mean_std([{k: v for k, v in per_seed[s][i].items() if k in METRICS} for s in seeds])
+    record = {**dict(row_key), 'seeds': len(seeds)}
+    for k in mean:
+      record[f'{k}_mean'] = mean[k]
+      record[f'{k}_std'] = std[k]
+    records.append(record)
+  return records
+
+
+def run_seeds(
+  protocol: str,
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  options: Mapping[str, Any],
+  seeds: Sequence[int],
+) -> dict:
+  """``STUDIES[protocol]`` once per seed in ``<workdir>/seed<k>/``, then the table over seeds."""
+  if protocol not in STUDIES:
+    raise ValueError(f'unknown protocol {protocol!r}; known: {sorted(STUDIES)}')
+  seeds = [int(s) for s in seeds]
+  if not seeds or len(set(seeds)) != len(seeds):
+    raise ValueError(f'run_seeds needs distinct seeds, got {seeds}; e.g. --seeds=0,1,2.')
+  per_seed: dict[int, list[dict]] = {}
+  for seed in seeds:
+    log.info('%s: seed %d of %s', protocol, seed, seeds)
+    out = STUDIES[protocol].run(
+      with_values(config, {'seed': seed}), seed_workdir(workdir, seed), options
+    )
+    per_seed[seed] = seed_rows(out)
+  records = summarize_seeds(per_seed)
+  if not records:
+    raise ValueError(f'{protocol} reported no rows for seeds {seeds}; nothing to summarise.')
+  metrics = [k for k in METRICS if f'{k}_mean' in records[0]]
+  fields = [k for k in records[0] if k != 'seeds' and not k.endswith(('_mean', '_std'))]
+  rows = [
+    [
+      *(str(r[k]) for k in fields),
+      *(
+        f'{_percent(r[f"{k}_mean"])} ± {_percent(r[f"{k}_std"])}' if f'{k}_mean' in r else '-'
+        for k in metrics
+      ),
+    ]
+    for r in records
+  ]
+  markdown = (
+    f'{protocol} over seeds {",".join(map(str, seeds))} ({config.method}); %, mean ± std over '
+    f'the {len(seeds)} seeds (population std, ddof = 0)\n\n'
+    + markdown_table([*fields, *metrics], rows)
+  )
+  meta = {
+    'protocol': protocol,
+    'seeds': seeds,
+    'ddof': 0,
+    'per_seed': {str(s): per_seed[s] for s in seeds},
+  }
+  return write_summary(workdir, SEEDS_NAME, markdown, records, meta)

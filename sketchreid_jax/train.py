@@ -56,6 +56,7 @@ from sketchreid_jax import evaluate as evaluate_lib
 from sketchreid_jax import input_pipeline
 from sketchreid_jax import parallel
 from sketchreid_jax import validate as validate_lib
+from sketchreid_jax.evaluation.selection import Selection
 from sketchreid_jax.methods import Method, get_method
 from sketchreid_jax.weights import pretrained
 
@@ -169,13 +170,17 @@ def train_step(state: TrainState, batch: dict, *, model, method: Method, config)
   """
   if method.prepare is not None:
     batch = method.prepare(dict(batch), state.frozen, config)
-  half = batch['image'].shape[0] // 2
-  photos, sketches = batch['image'][:half], batch['image'][half:]
+  model_kwargs = {k: batch[k] for k in method.model_inputs if k in batch}
+  if 'sketch_set' in batch:  # multi-query training: 'image' holds the photos only
+    photos, sketches = batch['image'], batch['sketch_set']
+    model_kwargs['sketch_valid'] = batch['sketch_valid']
+  else:
+    half = batch['image'].shape[0] // 2
+    photos, sketches = batch['image'][:half], batch['image'][half:]
   global_batch = {k: parallel.all_gather(batch[k]) for k in ('label', 'modality')}
   rng = jax.random.fold_in(jax.random.key(config.seed), state.step)
   # Each device draws its own randomness (e.g. CMAlign's pairing) for its own rows.
   device_rng = jax.random.fold_in(rng, jax.lax.axis_index(parallel.AXIS))
-  model_kwargs = {k: batch[k] for k in method.model_inputs if k in batch}
 
   def loss_fn(params):
     outputs, mutated = model.apply(
@@ -228,10 +233,13 @@ def _checkpoint_managers(workdir: str, config):
     options=ocp.CheckpointManagerOptions(max_to_keep=3, create=True, cleanup_tmp_directories=True),
     item_handlers=ocp.StandardCheckpointHandler(),
   )
+  # Only a new selection is saved here (evaluation/selection.py), so best/ holds exactly the
+  # selected epoch; best_fn orders the saves by the same metric.
+  metric = config.eval.best_metric
   best = ocp.CheckpointManager(
     os.path.join(os.path.abspath(workdir), 'best'),
     options=ocp.CheckpointManagerOptions(
-      max_to_keep=1, create=True, best_fn=lambda m: m['mAP'], best_mode='max'
+      max_to_keep=1, create=True, best_fn=lambda m: m[metric], best_mode='max'
     ),
     item_handlers=ocp.StandardCheckpointHandler(),
   )
@@ -392,7 +400,9 @@ def load_data(config):
 
 def _host_batch(batch: dict, train_set, method: Method) -> dict[str, np.ndarray]:
   """The arrays the step needs from a pipeline batch (attributes looked up per row if wanted)."""
-  out = {k: batch[k] for k in ('image', 'label', 'modality')}
+  out = {
+    k: batch[k] for k in ('image', 'label', 'modality', 'sketch_set', 'sketch_valid') if k in batch
+  }
   if 'mask' in batch and 'mask' in method.model_inputs:
     out['mask'] = batch['mask']
   if 'attributes' in method.model_inputs and train_set.attributes is not None:
@@ -454,7 +464,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   method = get_method(config.method)
   table, train_set, masks = load_data(config)
   P, K = config.sampler.P, config.sampler.K
-  steps_per_epoch = input_pipeline.steps_per_epoch(train_set, P, K)
+  fused = bool(config.model.sketch_fusion)
+  steps_per_epoch = input_pipeline.steps_per_epoch(train_set, P, K, fused=fused)
   num_hosts, host = jax.process_count(), jax.process_index()
   _write_meta(workdir, config, train_set, steps_per_epoch)
 
@@ -474,7 +485,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   )
   local_devices = launcher.num_devices // num_hosts
   perm = parallel.device_major_permutation(P // num_hosts, K, local_devices)
+  # Fused batches carry photos and sketch sets one row per slot (P·K rows, not 2·P·K); the
+  # photo part of the permutation orders both the same way.
+  photo_perm = perm[perm < len(perm) // 2]
+  order = lambda v: v[perm] if len(v) == len(perm) else v[photo_perm]
   state = launcher.put_state(state)
+  selection = Selection(
+    os.path.join(workdir, 'selection.json'),
+    protocol=config.eval.best_protocol or config.eval.protocols[0],
+    metric=config.eval.best_metric,
+  )
 
   writer = metric_writers.create_default_writer(workdir, just_logging=host > 0)
   writer.write_hparams(
@@ -510,7 +530,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   try:
     for epoch in range(start // steps_per_epoch, config.train.epochs):
       plan = input_pipeline.host_slice(
-        input_pipeline.pk_plan(train_set, P=P, K=K, epoch=epoch, seed=config.seed), host, num_hosts
+        input_pipeline.pk_plan(
+          train_set,
+          P=P,
+          K=K,
+          epoch=epoch,
+          seed=config.seed,
+          scheme=config.sampler.scheme,
+          fused=fused,
+        ),
+        host,
+        num_hosts,
       )
       first = step - epoch * steps_per_epoch
       batches = input_pipeline.train_iterator(
@@ -528,9 +558,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         threads=config.data.threads,
         process_index=host,
         masks=masks,
+        sketch_sets=fused,
       )
       put = lambda b: launcher.put_batch(
-        {k: v[perm] for k, v in _host_batch(b, train_set, method).items()}
+        {k: order(v) for k, v in _host_batch(b, train_set, method).items()}
       )
       bar = tqdm(
         total=steps_per_epoch,
@@ -564,8 +595,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       bar.close()
       save(state, force=True)
 
-      last = epoch + 1 == config.train.epochs
-      if last or (config.eval.every_epochs and (epoch + 1) % config.eval.every_epochs == 0):
+      if eval_due(config, epoch + 1):
         host_state = launcher.get_state(state)
         variables = {'params': host_state.params, 'batch_stats': host_state.batch_stats}
         results = evaluate_lib.evaluate(
@@ -575,18 +605,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           config,
           workdir=workdir,
           extra={'epoch': epoch + 1, 'step': step},
+          selection=selection,
         )
-        best_key = config.eval.best_protocol or config.eval.protocols[0]
         writer.write_scalars(
           step,
           {f'eval/{name}/{k}': v for name, r in results.items() for k, v in r.to_dict().items()},
         )
         # A step retrained after its corrupt checkpoint was moved aside may be in best/ already.
-        if step not in best_mgr.all_steps():
+        if selection.best['step'] == step and step not in best_mgr.all_steps():
           best_mgr.save(
             step,
             args=ocp.args.StandardSave(_state_to_save(host_state)),
-            metrics={'mAP': float(results[best_key].mAP)},
+            metrics={selection.metric: selection.best['value']},
             force=True,
           )
   finally:
@@ -607,6 +637,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       extra={'epoch': config.train.epochs, 'step': start},
     )
   return results
+
+
+def eval_due(config, epoch: int) -> bool:
+  """Whether training evaluates after ``epoch`` (1-based): always after the last; else every
+  ``eval.every_epochs`` epochs counted after ``eval.offset_epochs`` (0 = only after the last)."""
+  every, offset = config.eval.every_epochs, config.eval.offset_epochs
+  if epoch == config.train.epochs:
+    return True
+  return bool(every) and epoch > offset and (epoch - offset) % every == 0
 
 
 def _summarise(window: list[tuple[int, dict]]) -> dict[str, float]:

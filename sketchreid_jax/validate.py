@@ -84,9 +84,26 @@ def _check_method(config) -> None:
   from sketchreid_jax.methods import get_method
 
   try:
-    get_method(config.method)
+    method = get_method(config.method)
   except ValueError as e:
     raise ConfigError(str(e)) from None
+  if config.model.sketch_fusion and not method.sketch_fusion:
+    raise ConfigError(
+      f'config.model.sketch_fusion=True: method {config.method!r} does not train on fused sketch '
+      'sets (only the two-stream baseline and cmdsl do); set --config.model.sketch_fusion=False '
+      "and test multi-query with eval.multi_query_aggregate='mean'."
+    )
+  choices = {
+    'sampler.scheme': ('cycle', 'release'),
+    'loss.wrt_shift': ('set', 'reference'),
+    'eval.best_metric': ('mAP', 'R-1'),
+  }
+  for key, allowed in choices.items():
+    section, leaf = key.split('.')
+    if config[section][leaf] not in allowed:
+      raise ConfigError(
+        f'config.{key}={config[section][leaf]!r}: choose one of {", ".join(map(repr, allowed))}.'
+      )
 
 
 def _positive_int(value) -> bool:

@@ -63,6 +63,7 @@ def test_ablations_compute_exactly_their_terms(preset, terms):
     x[half:],
     train=True,
     label=jnp.asarray(batch['label'][:]),
+    attributes=jnp.asarray(batch['attributes']),
     mutable=['batch_stats'],
     rngs={'cmalign': jax.random.key(1)},
   )

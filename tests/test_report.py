@@ -157,3 +157,35 @@ def test_plot_cmc_writes_png(tmp_path):
     assert img.format == "PNG"
   with pytest.raises(ValueError, match="empty"):
     plot_cmc({}, tmp_path / "d.png")
+
+
+def test_selection_keeps_the_first_strict_best_and_the_reports_show_it_beside_the_last(tmp_path):
+  from sketchreid_jax.evaluation.selection import SELECTED_LABEL, Selection
+
+  _, _, results = _two_results()
+  worse = {"p": results["random"]}
+  better = {"p": results["better"]}
+  assert results["better"].rank(1) > results["random"].rank(1)
+  path = str(tmp_path / "selection.json")
+  selection = Selection(path, protocol="p", metric="R-1")
+  assert selection.update(worse, epoch=3, step=30)
+  assert selection.update(better, epoch=5, step=50)
+  assert not selection.update(better, epoch=7, step=70)  # a tie keeps the earlier epoch
+  assert not selection.update(worse, epoch=9, step=90)
+  assert (selection.best["epoch"], selection.best["value"]) == (5, results["better"].rank(1))
+  # A resumed run continues the same selection; another rule starts afresh.
+  assert Selection(path, protocol="p", metric="R-1").best["epoch"] == 5
+  assert Selection(path, protocol="p", metric="mAP").best is None
+
+  paths = write_results(tmp_path / "run", worse, selected=selection.best)
+  loaded = json.loads(open(paths["json"]).read())
+  assert loaded["results"]["p"]["mAP"] == results["random"].mAP  # the last evaluation
+  assert loaded["selected"]["epoch"] == 5 and loaded["selected"]["label"] == SELECTED_LABEL
+  assert loaded["selected"]["results"]["p"]["mAP"] == results["better"].mAP
+  md = open(paths["md"]).read()
+  assert md.index(f"{100 * results['random'].mAP:.2f}") < md.index("Selected epoch 5")
+  assert SELECTED_LABEL in md and f"{100 * results['better'].mAP:.2f}" in md
+  with open(paths["csv"], newline="") as f:
+    rows = list(csv.DictReader(f))
+  assert [r["protocol"] for r in rows] == ["p", "p [selected epoch 5]"]
+  assert float(rows[1]["mAP"]) == pytest.approx(results["better"].mAP)

@@ -43,12 +43,24 @@ def test_permutation_refuses_uneven_split():
     parallel.device_major_permutation(5, 2, 2)
 
 
-def test_train_evaluate_and_resume_on_tiny_synthetic(tiny_market, tfds_cache, tmp_path, capsys):
+def test_train_evaluate_and_resume_on_tiny_synthetic(
+  tiny_market, tfds_cache, tmp_path, capsys, monkeypatch
+):
   config = load_config(os.path.join(REPO, 'configs/demo.py:tiny'))
   config.data.root = tiny_market
   config.data.cache_dir = tfds_cache
   config.train.progress_bar = False
   workdir = str(tmp_path / 'run')
+  evaluations = []  # (epoch, step, results) of every evaluation the training runs
+  real_evaluate = train.evaluate_lib.evaluate
+
+  def recording(*args, **kwargs):
+    out = real_evaluate(*args, **kwargs)
+    if 'epoch' in kwargs['extra']:  # not --mode=evaluate's
+      evaluations.append((kwargs['extra']['epoch'], kwargs['extra']['step'], out))
+    return out
+
+  monkeypatch.setattr(train.evaluate_lib, 'evaluate', recording)
 
   results = train.train_and_evaluate(config, workdir)
   assert set(results) == {'single_query', 'multi_query'}
@@ -84,6 +96,27 @@ def test_train_evaluate_and_resume_on_tiny_synthetic(tiny_market, tfds_cache, tm
   config.train.epochs = 3
   train.train_and_evaluate(config, workdir)
   assert str(3 * spe) in os.listdir(os.path.join(workdir, 'checkpoints'))
+
+  # Honest selection: the reports hold the last epoch's numbers and, labelled, the epoch whose
+  # mAP on the first protocol was best (the first of equals), continued across the resume.
+  assert [e for e, _, _ in evaluations] == [1, 2, 3]
+  maps = [r['single_query'].mAP for _, _, r in evaluations]
+  best = int(np.argmax(maps))
+  report = json.load(open(os.path.join(workdir, 'results.json')))
+  assert report['extra']['epoch'] == 3
+  assert report['results']['single_query']['mAP'] == pytest.approx(maps[-1])
+  selected = report['selected']
+  assert (selected['epoch'], selected['metric'], selected['protocol']) == (
+    best + 1,
+    'mAP',
+    'single_query',
+  )
+  assert selected['value'] == pytest.approx(maps[best])
+  assert selected['results']['single_query']['mAP'] == pytest.approx(maps[best])
+  assert selected['label'] == 'best on the test set, as the reference code selects'
+  md = open(os.path.join(workdir, 'results.md')).read()
+  assert f'Selected epoch {best + 1}' in md and selected['label'] in md
+  assert os.listdir(os.path.join(workdir, 'best')) == [str(evaluations[best][1])]
   params_after = train.evaluate_workdir(config, workdir)
   assert set(params_after) == {'single_query', 'multi_query'}
 

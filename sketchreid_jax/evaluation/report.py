@@ -232,12 +232,17 @@ def write_results(
   *,
   chance: Mapping[str, Any] | None = None,
   extra: Mapping[str, Any] | None = None,
+  selected: Mapping[str, Any] | None = None,
 ) -> dict[str, str]:
   """Write results.json, results.csv, results.md and cmc.png into ``workdir``; return their paths.
 
   Each result is a ``RankResult`` or a dict of metrics holding a ``'cmc'`` array. ``chance`` is a
   :func:`chance_levels` dict (its ``'cmc'`` is drawn dashed); ``extra`` is metadata stored in the
   JSON (config name, checkpoint step, …); ``extra['title']``, if present, also titles the plot.
+  ``selected`` (``evaluation.selection.Selection.best``: epoch, metric, protocol, label and its
+  per-protocol metrics) is stored under ``"selected"`` in the JSON, as a second table in the
+  Markdown (:func:`selected_table`) and as rows ``<protocol> [selected epoch E]`` in the CSV;
+  ``results`` stay the evaluation just made (the last epoch's).
   """
   if not results:
     raise ValueError("write_results: results is empty; pass {protocol name: RankResult}.")
@@ -260,9 +265,12 @@ def write_results(
     "results": {name: {**rows[name], "cmc": curves[name]} for name in rows},
     "chance": None if chance is None else dict(chance),
     "extra": None if extra is None else dict(extra),
+    "selected": None if selected is None else dict(selected),
   }
   json_text = json.dumps(payload, indent=2, default=_jsonable)
   table = format_table(rows, chance=chance_scalars)
+  if selected is not None:
+    table += "\n" + selected_table(selected)
 
   out_dir = Path(workdir)
   out_dir.mkdir(parents=True, exist_ok=True)
@@ -286,6 +294,9 @@ def write_results(
     writer.writeheader()
     for name, metrics in rows.items():
       writer.writerow({"protocol": name, **{k: _csv_value(v) for k, v in metrics.items()}})
+    for name, metrics in ({} if selected is None else selected["results"]).items():
+      tag = f"{name} [selected epoch {selected['epoch']}]"
+      writer.writerow({"protocol": tag, **{k: _csv_value(metrics.get(k)) for k in fieldnames[1:]}})
 
   plot_cmc(
     curves,
@@ -294,6 +305,15 @@ def write_results(
     title=None if extra is None else extra.get("title"),
   )
   return paths
+
+
+def selected_table(selected: Mapping[str, Any]) -> str:
+  """The selected epoch's metrics as a titled Markdown table (``write_results``' ``selected``)."""
+  title = (
+    f"Selected epoch {selected['epoch']} (step {selected['step']}): best {selected['metric']} on "
+    f"{selected['protocol']!r}, {selected['label']}.\n\n"
+  )
+  return title + format_table(selected["results"])
 
 
 def _csv_value(value: Any) -> Any:

@@ -40,6 +40,9 @@ class Method:
   # ``prepare``, which may add inputs to the batch inside the compiled step (DALNet's U²-Net masks).
   frozen_for: FrozenFn | None = None
   prepare: PrepareFn | None = None
+  # Whether the model trains on fused sketch sets (``config.model.sketch_fusion``, models/fusion.py):
+  # its ``__call__`` takes (N, M, H, W, 3) sketches and ``sketch_valid``, and it has ``extract_fused``.
+  sketch_fusion: bool = False
 
 
 METHODS: dict[str, Method] = {}

@@ -27,16 +27,25 @@ def backbone_kwargs(config, num_classes: int, bn_axis_name: str | None) -> dict:
     gem_learnable=m.gem_learnable,
     bn_axis_name=bn_axis_name,
     dtype=dtype_of(config),
-    sketch_fusion=config.sampler.K if config.model.sketch_fusion else 0,
+  )
+
+
+def fusion_kwargs(config) -> dict:
+  """The two-stream models' multi-query fusion switches (models/fusion.py)."""
+  return dict(
+    sketch_fusion=bool(config.model.sketch_fusion),
+    fusion_nonlocal=bool(config.model.fusion_nonlocal),
   )
 
 
 def model_for(config, num_classes: int, bn_axis_name: str | None):
-  return models.Baseline(**backbone_kwargs(config, num_classes, bn_axis_name))
+  return models.Baseline(
+    **backbone_kwargs(config, num_classes, bn_axis_name), **fusion_kwargs(config)
+  )
 
 
 METRIC_LOSSES = {
-  'wrt': lambda feat, labels, config: losses.wrt_triplet(feat, labels),
+  'wrt': lambda feat, labels, config: losses.wrt_triplet(feat, labels, shift=config.loss.wrt_shift),
   'batch_hard': lambda feat, labels, config: losses.batch_hard_triplet(
     feat, labels, margin=config.loss.triplet_margin
   ),
@@ -63,4 +72,6 @@ def losses_for(outputs, batch, config):
   }
 
 
-METHOD = register(Method(name='baseline', model_for=model_for, losses_for=losses_for))
+METHOD = register(
+  Method(name='baseline', model_for=model_for, losses_for=losses_for, sketch_fusion=True)
+)

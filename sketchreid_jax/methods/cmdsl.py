@@ -23,6 +23,7 @@ def model_for(config, num_classes: int, bn_axis_name: str | None):
   m = config.model
   return models.CMDSL(
     **baseline.backbone_kwargs(config, num_classes, bn_axis_name),
+    **baseline.fusion_kwargs(config),
     ffam_stages=tuple(m.ffam_stages),
     ffam_reduction=m.ffam_reduction,
     cmalign_layers=tuple(config.loss.cmalign_layers) if _uses_cmalign(config) else (),
@@ -70,6 +71,10 @@ def losses_for(outputs, batch, config):
 
 METHOD = register(
   Method(
-    name='cmdsl', model_for=model_for, losses_for=losses_for, model_inputs=('label', 'attributes')
+    name='cmdsl',
+    model_for=model_for,
+    losses_for=losses_for,
+    model_inputs=('label', 'attributes'),
+    sketch_fusion=True,
   )
 )

@@ -36,8 +36,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sketchreid_jax.models.fusion import fuse_groups
+from sketchreid_jax.models.fusion import mean_of_sets
 from sketchreid_jax.models.heads import BNNeck, GeM
+from sketchreid_jax.models.nonlocal_block import NonLocal
 from sketchreid_jax.models.resnet import (
   STAGE_NAMES,
   ResNetStage,
@@ -79,9 +80,11 @@ class Baseline(nn.Module):
   bn_epsilon: float = 1e-5
   neck_scale_init_std: float = 0.01
   classifier_init_std: float = 0.001
-  # > 0: multi-query training, each identity's ``sketch_fusion`` sketches fused at the stem
-  # (models/fusion.py); 0: every sketch is its own sample.
-  sketch_fusion: int = 0
+  # Multi-query training (models/fusion.py): the sketch input is a batch of sketch *sets*
+  # (N, M, H, W, 3) with a validity mask, each set fused at the stem; False: one sketch per row.
+  sketch_fusion: bool = False
+  # The release's Non-local block on every fused stem map (training and 'stem' multi-query tests).
+  fusion_nonlocal: bool = False
 
   def setup(self) -> None:
     bn_kwargs = dict(
@@ -97,6 +100,8 @@ class Baseline(nn.Module):
       for s in stage_specs(self.width, self.last_stride, self.blocks)
     ]
     self.layer1, self.layer2, self.layer3, self.layer4 = layers
+    if self.fusion_nonlocal:
+      self.fusion_block = NonLocal(**bn_kwargs)
     self.gem = GeM(p=self.gem_p, learnable=self.gem_learnable, eps=self.gem_eps)
     # Heads compute in float32 regardless of the backbone dtype (DESIGN.md §4).
     self.bnneck = BNNeck(
@@ -122,10 +127,44 @@ class Baseline(nn.Module):
     }
     return stems | {name: name for name in STAGE_NAMES}
 
-  def stem(self, x: Array, *, modality: int, train: bool) -> Array:
-    """The modality-specific stem: 0 = photo, 1 = sketch."""
+  def stem(self, x: Array, *, modality: int, train: bool, mask: Array | None = None) -> Array:
+    """The modality-specific stem: 0 = photo, 1 = sketch. ``mask`` (N,) leaves rows out of the
+    BatchNorm statistics (the padding of sketch sets)."""
     stem = self.photo_stem if _check_modality(modality) == PHOTO else self.sketch_stem
-    return stem(x, train=train)
+    return stem(x, train=train, mask=mask)
+
+  def fuse(self, mean_maps: Array, *, train: bool) -> Array:
+    """A fused (mean) sketch stem map through the Non-local block, if the model has one."""
+    return self.fusion_block(mean_maps, train=train) if self.fusion_nonlocal else mean_maps
+
+  def fused_sketch_stem(self, sets: Array, valid: Array, *, train: bool) -> Array:
+    """(N, M, H, W, 3) sketch sets with (N, M) validity -> (N, h, w, c) fused stem maps."""
+    n, m = sets.shape[:2]
+    valid = valid.astype(bool)
+    maps = self.stem(
+      sets.reshape(n * m, *sets.shape[2:]),
+      modality=SKETCH,
+      train=train,
+      mask=valid.reshape(n * m),
+    )
+    return self.fuse(mean_of_sets(maps.reshape(n, m, *maps.shape[1:]), valid), train=train)
+
+  def sketch_maps(self, sketches: Array, sketch_valid: Array | None, *, train: bool) -> Array:
+    """The sketch half's stem maps: one per sketch, or one fused map per set (sketch_fusion).
+
+    With ``sketch_fusion`` a 4-D batch is read as sets of one sketch each (``model.init``'s shape
+    probe and single sketches), and a missing ``sketch_valid`` means every member is real.
+    """
+    if not self.sketch_fusion:
+      maps = self.stem(sketches, modality=SKETCH, train=train)
+      if self.fusion_nonlocal and self.is_initializing():
+        self.fuse(maps, train=False)  # creates the block that 'stem' multi-query tests use
+      return maps
+    if sketches.ndim == 4:
+      sketches = sketches[:, None]
+    if sketch_valid is None:
+      sketch_valid = jnp.ones(sketches.shape[:2], bool)
+    return self.fused_sketch_stem(sketches, sketch_valid, train=train)
 
   def post_stage(self, name: str, x: Array, *, train: bool) -> Array:
     """Applied to the output of every shared stage; the identity here.
@@ -158,20 +197,27 @@ class Baseline(nn.Module):
     bn_feat, logits = self.bnneck(feat, train=train)
     return {'feat': feat, 'bn_feat': bn_feat, 'logits': logits}
 
-  def __call__(self, photos: Array, sketches: Array, *, train: bool) -> dict[str, Any]:
-    """Training forward on [photos | sketches] halves of equal size N.
+  def __call__(
+    self, photos: Array, sketches: Array, *, train: bool, sketch_valid: Array | None = None
+  ) -> dict[str, Any]:
+    """Training forward on N photos and N sketches (or, with ``sketch_fusion``, N sketch sets
+    (N, M, H, W, 3) and their (N, M) ``sketch_valid``).
 
     Returns {'feat': (2N, D), 'bn_feat': (2N, D), 'logits': (2N, C) float32,
     'maps': {'layer3', 'layer4'}: NHWC maps of the concatenated batch}, rows [photos; sketches].
     """
-    if photos.ndim != 4 or photos.shape != sketches.shape:
+    set_shape = sketches.ndim == 5 and self.sketch_fusion
+    if (
+      photos.ndim != 4
+      or photos.shape != (sketches.shape[:1] + sketches.shape[-3:])
+      or not (sketches.ndim == 4 or set_shape)
+    ):
       raise ValueError(
-        f'Baseline: photos and sketches must be NHWC batches of the same shape (N photos and '
-        f'N sketches, same image size), got {tuple(photos.shape)} and {tuple(sketches.shape)}.'
+        f'Baseline: photos must be an NHWC batch and sketches the same shape (or, with '
+        f'sketch_fusion, (N, M, H, W, 3) sets), got {tuple(photos.shape)} and '
+        f'{tuple(sketches.shape)}.'
       )
-    sketch_maps = self.stem(sketches, modality=SKETCH, train=train)
-    if self.sketch_fusion:
-      sketch_maps = fuse_groups(sketch_maps, self.sketch_fusion)
+    sketch_maps = self.sketch_maps(sketches, sketch_valid, train=train)
     x = jnp.concatenate([self.stem(photos, modality=PHOTO, train=train), sketch_maps], axis=0)
     layer3 = self.stages(x, start='layer1', stop='layer3', train=train)
     layer4 = self.stages(layer3, start='layer4', stop='layer4', train=train)
@@ -188,6 +234,11 @@ class Baseline(nn.Module):
     return self.stem(images, modality=modality, train=train)
 
   def extract_from_stem(self, maps: Array, *, train: bool = False) -> dict[str, Array]:
-    """The shared rest of ``extract``, from (possibly fused) stem maps."""
+    """The shared rest of ``extract``, from stem maps."""
     out = self.head(self.stages(maps, train=train), train=train)
     return {'feat': out['feat'], 'bn_feat': out['bn_feat']}
+
+  def extract_fused(self, mean_maps: Array, *, train: bool = False) -> dict[str, Array]:
+    """Multi-query features from each query's mean sketch stem map: Non-local block (if any),
+    then the shared rest (the release's ``--test_mq`` path)."""
+    return self.extract_from_stem(self.fuse(mean_maps, train=train), train=train)

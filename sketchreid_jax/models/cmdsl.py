@@ -92,8 +92,9 @@ class CMDSL(Baseline):
     train: bool,
     label: Array | None = None,
     attributes: Array | None = None,
+    sketch_valid: Array | None = None,
   ) -> dict[str, Any]:
-    out = super().__call__(photos, sketches, train=train)
+    out = super().__call__(photos, sketches, train=train, sketch_valid=sketch_valid)
     if train and self.cmalign_layers and label is not None:
       out['cmalign'] = self._cmalign(out['maps'], label, attributes, photos.shape[0], train=train)
     return out

@@ -51,7 +51,6 @@ import jax.numpy as jnp
 
 from sketchreid_jax.models.baseline import PHOTO, SKETCH
 from sketchreid_jax.models.dag import DAG
-from sketchreid_jax.models.fusion import fuse_groups
 from sketchreid_jax.models.heads import BNNeck, GeM
 from sketchreid_jax.models.mia import MIA
 from sketchreid_jax.models.resnet import (
@@ -116,7 +115,6 @@ class DALNet(nn.Module):
   bn_epsilon: float = 1e-5
   neck_scale_init_std: float = 0.01
   classifier_init_std: float = 0.001
-  sketch_fusion: int = 0  # multi-query training: fuse each identity's sketch streams (fusion.py)
 
   def setup(self) -> None:
     if self.use_mia and not self.use_aux:
@@ -221,8 +219,6 @@ class DALNet(nn.Module):
       'photo': self.photo_stream(photos, train=train),
       'sketch': self.sketch_stream(sketches, train=train),
     }
-    if self.sketch_fusion:
-      early['sketch'] = fuse_groups(early['sketch'], self.sketch_fusion)
     out: dict[str, Any] = {}
     if self.use_aux:
       aux_images = self.dag(photos, None if mask is None else mask[:n])
@@ -276,3 +272,8 @@ class DALNet(nn.Module):
     feat = self.gem(self._shared(maps, train=train))
     bn_feat, _ = self.bnneck(feat, train=train)
     return {'feat': feat, 'bn_feat': bn_feat}
+
+  def extract_fused(self, mean_maps: Array, *, train: bool = False) -> dict[str, Array]:
+    """Multi-query 'stem' features from a group's mean private-stream map: DALNet has no
+    Non-local block, so this is ``extract_from_stem`` on the mean."""
+    return self.extract_from_stem(mean_maps, train=train)

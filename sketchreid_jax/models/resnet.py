@@ -271,7 +271,8 @@ class ResNetStem(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array, *, train: bool) -> Array:
+  def __call__(self, x: Array, *, train: bool, mask: Array | None = None) -> Array:
+    """``mask`` (N,) bool: only those rows enter bn1's batch statistics (all rows if None)."""
     _check_nhwc(x, 'ResNetStem')
     _check_width(self.width, 'ResNetStem')
     x = _conv(self.width, 7, 2, 3, 'conv1', self.dtype)(x)
@@ -282,7 +283,7 @@ class ResNetStem(nn.Module):
       epsilon=self.bn_epsilon,
       dtype=self.dtype,
       axis_name=self.bn_axis_name,
-    )(x)
+    )(x, mask=None if mask is None else jnp.broadcast_to(mask[:, None, None, None], x.shape))
     x = nn.relu(x)
     # PyTorch pads MaxPool2d with -inf, so padding never wins the max (flax.max_pool does too).
     return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
