@@ -3,6 +3,10 @@
 Real and synthetic data share the on-disk layouts of DESIGN §5, so one reader serves both. Each
 reader runs the checks of ``datasets.checks`` first and refuses (or warns) exactly as
 ``check_dataset`` / ``python -m sketchreid_jax.tools.check_data`` report.
+
+``load`` is where every consumer (training, evaluation, tools) gets its table, so options that
+change the images for all of them apply here: ``data.resize_antialias`` (the MM'23 release's PIL
+Lanczos resize on load, ``datasets/resize.py``).
 """
 
 import os
@@ -36,7 +40,11 @@ DATASETS: dict[str, Callable] = {
 
 
 def load(data_config):
-  """Reads ``data_config.dataset`` from ``data_config.root`` into a SampleTable."""
+  """Reads ``data_config.dataset`` from ``data_config.root`` into a SampleTable.
+
+  With ``data_config.resize_antialias`` its images are PIL-Lanczos-resized to
+  ``data_config.image_size`` and stored as PNG (``resize.resize_table``).
+  """
   if data_config.dataset not in DATASETS:
     raise ValueError(
       f'unknown config.data.dataset {data_config.dataset!r}; known: {sorted(DATASETS)}'
@@ -47,4 +55,10 @@ def load(data_config):
       f'`python -m sketchreid_jax.tools.generate_synthetic --out data/synthetic --preset demo`, or '
       f'point --config.data.root at a real {data_config.dataset} folder (see data/README.md).'
     )
-  return DATASETS[data_config.dataset](data_config)
+  table = DATASETS[data_config.dataset](data_config)
+  # .get: tools that build a partial data config (older saved configs) mean "off".
+  if data_config.get('resize_antialias', False):
+    from sketchreid_jax.datasets import resize
+
+    table = resize.resize_table(table, tuple(data_config.image_size))
+  return table

@@ -16,6 +16,13 @@ Protocols (--protocol):
   evaluate          no training: evaluate the workdir's best (else latest) checkpoint on
                     --config.eval.protocols (any of single_query, multi_query, with ':<styles>')
 
+Seeds (--seeds=0,1,2, any protocol): the protocol runs once per seed with config.seed set to it,
+in <workdir>/seed<k>/ (each with its own tables), then <workdir>/seeds.md, .csv and .json hold
+mean ± std over the seeds (population std, ddof = 0) of every metric of every row; pku_trials adds
+its mean over trials as a row; --protocol=evaluate evaluates each <workdir>/seed<k>/ (trained
+there with --workdir=<workdir>/seed<k> --config.seed=<k>). Without --seeds, one run with the
+config's seed, as before.
+
 Every training goes to its own sub-folder of --workdir and resumes if interrupted; re-running a
 finished protocol only re-evaluates. Evaluation options apply to every protocol:
 --config.eval.rerank=True (k-reciprocal re-ranking, k1 20, k2 6, λ 0.3), --config.eval.flip=True
@@ -27,6 +34,8 @@ Examples on the synthetic stand-in (after `make demo`):
       --config=configs/cmdsl.py:pku --workdir=runs/cmdsl_pku_trials
   .venv/bin/python -m sketchreid_jax.tools.reproduce --protocol=style_grid \
       --config=configs/cmdsl.py:market_sq --workdir=runs/cmdsl_grid
+  .venv/bin/python -m sketchreid_jax.tools.reproduce --protocol=market_styles --seeds=0,1,2 \
+      --config=configs/baseline.py --workdir=runs/baseline_styles_3seeds
 """
 
 import os
@@ -52,6 +61,13 @@ flags.DEFINE_string(
 )
 flags.DEFINE_string('subtables', 'abcd', 'style_grid: which sub-tables of Table 5 to run.')
 flags.DEFINE_string('noise_levels', '0,3,6,9', 'attribute_noise: corrupted attributes per run.')
+flags.DEFINE_string(
+  'seeds',
+  '',
+  'Comma-separated config.seed values (e.g. 0,1,2): the protocol once per seed in '
+  '<workdir>/seed<k>/, then mean ± std over seeds in <workdir>/seeds.md/.csv/.json. '
+  "'' = one run with the config's seed.",
+)
 flags.DEFINE_string('jax_cache', runtime.DEFAULT_JAX_CACHE, runtime.JAX_CACHE_HELP)
 flags.mark_flags_as_required(['protocol', 'config', 'workdir'])
 
@@ -59,6 +75,11 @@ flags.mark_flags_as_required(['protocol', 'config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  try:  # before any JAX/TF start-up, so a typo fails at once
+    seeds = studies.parse_seeds(FLAGS.seeds) if FLAGS.seeds.strip() else None
+  except ValueError as e:
+    print(f'reproduce: error: {e}', file=sys.stderr)
+    sys.exit(2)
   runtime.configure(FLAGS.jax_cache, FLAGS.config.parallel)
   from sketchreid_jax import validate
   from sketchreid_jax.config_base import ConfigError
@@ -73,7 +94,10 @@ def main(argv):
     'subtables': FLAGS.subtables,
     'noise_levels': FLAGS.noise_levels,
   }
-  studies.STUDIES[FLAGS.protocol].run(FLAGS.config, FLAGS.workdir, options)
+  if seeds is None:
+    studies.STUDIES[FLAGS.protocol].run(FLAGS.config, FLAGS.workdir, options)
+  else:
+    studies.run_seeds(FLAGS.protocol, FLAGS.config, FLAGS.workdir, options, seeds)
 
 
 if __name__ == '__main__':
