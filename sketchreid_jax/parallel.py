@@ -177,6 +177,17 @@ def device_major_permutation(num_ids: int, K: int, num_devices: int) -> np.ndarr
   return np.concatenate(rows)
 
 
+def device_order(batch: dict, perm: np.ndarray) -> dict:
+  """Applies ``device_major_permutation`` to every array of a host batch.
+
+  Arrays of 2·P·K rows ([photos | sketches]) take ``perm``; those of P·K rows (a fused batch's
+  photos, sketch sets and their validity, one row per slot) take its photo part, which orders the
+  slots of each device's identities the same way.
+  """
+  photo_perm = perm[perm < len(perm) // 2]
+  return {k: v[perm] if len(v) == len(perm) else v[photo_perm] for k, v in batch.items()}
+
+
 def all_gather(x: jnp.ndarray) -> jnp.ndarray:
   """Concatenates every device's rows (differentiable: the transpose sums the cotangents back)."""
   return jax.lax.all_gather(x, AXIS, tiled=True)

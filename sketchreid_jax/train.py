@@ -485,10 +485,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   )
   local_devices = launcher.num_devices // num_hosts
   perm = parallel.device_major_permutation(P // num_hosts, K, local_devices)
-  # Fused batches carry photos and sketch sets one row per slot (P·K rows, not 2·P·K); the
-  # photo part of the permutation orders both the same way.
-  photo_perm = perm[perm < len(perm) // 2]
-  order = lambda v: v[perm] if len(v) == len(perm) else v[photo_perm]
   state = launcher.put_state(state)
   selection = Selection(
     os.path.join(workdir, 'selection.json'),
@@ -561,7 +557,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         sketch_sets=fused,
       )
       put = lambda b: launcher.put_batch(
-        {k: order(v) for k, v in _host_batch(b, train_set, method).items()}
+        parallel.device_order(_host_batch(b, train_set, method), perm)
       )
       bar = tqdm(
         total=steps_per_epoch,

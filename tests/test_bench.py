@@ -12,12 +12,14 @@ def test_bench_runs_every_part_and_writes_json(tiny_market, tmp_path, capsys):
   report = bench.main(
     [
       '--what=step,pipeline,rank',
-      f'--config={os.path.join(REPO, "configs/baseline.py")}',
+      # A fused (multi-query) preset: the step the papers' "M" rows train.
+      f'--config={os.path.join(REPO, "configs/baseline.py:market_sketch_mq")}',
       '--width=8',
       '--image_size=32,16',
       '--P=2',
       '--K=2',
       '--steps=1',
+      '--set_size=3',
       f'--data_root={tiny_market}',
       '--batches=2',
       '--queries=40',
@@ -29,6 +31,7 @@ def test_bench_runs_every_part_and_writes_json(tiny_market, tmp_path, capsys):
   saved = json.loads(out.read_text())
   assert saved == json.loads(json.dumps(report))
   assert saved['step']['batch'] == 8 and saved['step']['images_per_s'] > 0
+  assert saved['step']['sketch_fusion'] and saved['step']['images_through_stems_per_step'] == 16
   assert saved['step']['compile_plus_first_step_s'] > saved['step']['step_s'] > 0
   assert saved['pipeline']['images_per_s_1_thread'] > 0
   assert saved['rank']['total_s'] == saved['rank']['distance_s'] + saved['rank']['evaluate_rank_s']

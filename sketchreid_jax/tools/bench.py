@@ -9,7 +9,9 @@ What each part measures:
             2·P·K batch (P identities × K photos and K sketches) on random images: compile time
             (first call, cold unless the JAX cache already holds it) and images/s over --steps
             steady-state steps (state donated, batch already on the device, no host round trip
-            per step)
+            per step). A config with model.sketch_fusion (every multi-query preset) times the
+            fused step: each of the P·K sketch slots holds a set of --set_size sketches, so the
+            sketch stem sees P·K·set_size images; images/s still counts the 2·P·K samples
   pipeline  the tf.data training pipeline from the JPEG bytes of --data_root (Market-Sketch-1K
             layout; the synthetic one by default) to normalised, augmented P×K batches, with one
             tf.data thread (per core) and with all threads, as images/s
@@ -49,6 +51,12 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument('--K', type=int, default=None, help='images per identity and modality')
   p.add_argument('--dtype', default=None, help="'float32' or 'bfloat16' (default: config)")
   p.add_argument('--steps', type=int, default=5, help='timed steps after the compiling one')
+  p.add_argument(
+    '--set_size',
+    type=int,
+    default=6,
+    help='fused configs: sketches per set (6 = every Market-Sketch-1K artist)',
+  )
   p.add_argument(
     '--data_root',
     default='data/synthetic/market_sketch',
@@ -116,8 +124,13 @@ def bench_step(args) -> dict:
     for k, v in batch.items()
     if k in ('image', 'label', 'modality') or k in method.model_inputs
   }
+  fused = bool(config.model.sketch_fusion)
+  if fused:  # photos only in 'image'; a full set in every sketch slot
+    batch['image'] = batch['image'][: P * K]
+    batch['sketch_set'] = rng.normal(size=(P * K, args.set_size, h, w, 3)).astype(np.float32)
+    batch['sketch_valid'] = np.ones((P * K, args.set_size), bool)
   perm = parallel.device_major_permutation(P, K, launcher.num_devices)
-  device_batch = launcher.put_batch({k: v[perm] for k, v in batch.items()})
+  device_batch = launcher.put_batch(parallel.device_order(batch, perm))
   state = launcher.put_state(state)
   t = time.perf_counter()
   state, metrics = launcher.step(state, device_batch)
@@ -134,6 +147,8 @@ def bench_step(args) -> dict:
     'width': config.model.width,
     'image_size': list(config.data.image_size),
     'batch': 2 * P * K,
+    'sketch_fusion': fused,
+    'images_through_stems_per_step': P * K * (1 + (args.set_size if fused else 1)),
     'dtype': config.model.dtype,
     'devices': launcher.num_devices,
     'compile_plus_first_step_s': compile_s,
