@@ -38,6 +38,29 @@ def test_device_major_permutation_gives_each_device_its_own_photos_then_sketches
     np.testing.assert_array_equal(ident[chunk[:half]], ident[chunk[half:]])
 
 
+@pytest.mark.parametrize('devices', [1, 2, 4])
+def test_device_order_gives_each_device_the_sets_of_its_own_identities(devices):
+  """A fused batch: 2·P·K labels, but P·K photos and P·K sketch sets (one per slot)."""
+  P, K, M = 4, 3, 5
+  labels = np.concatenate([np.repeat(np.arange(P), K)] * 2)
+  slot_ids = np.repeat(np.arange(P), K)
+  batch = {
+    'label': labels,
+    'image': slot_ids.astype(np.float32),  # a photo tagged with its identity
+    'sketch_set': np.repeat(slot_ids[:, None], M, axis=1).astype(np.float32),
+  }
+  ordered = parallel.device_order(batch, parallel.device_major_permutation(P, K, devices))
+  for label, photo, sets in zip(
+    np.split(ordered['label'], devices),
+    np.split(ordered['image'], devices),
+    np.split(ordered['sketch_set'], devices),
+  ):
+    half = len(label) // 2
+    # The device's photos, its sketch sets and its labels name the same identities, in order.
+    np.testing.assert_array_equal(photo, label[:half])
+    np.testing.assert_array_equal(sets[:, 0], label[half:])
+
+
 def test_permutation_refuses_uneven_split():
   with pytest.raises(ValueError, match='multiple of the device count'):
     parallel.device_major_permutation(5, 2, 2)
