@@ -18,11 +18,23 @@ Interpretations chosen:
   shapes come from ``jax.eval_shape``, so nothing is initialised and no ImageNet file
   (``model.init_checkpoint``) is needed.
 * Preprocessing is the evaluation's, by construction: the images become a one-column
-  ``SampleTable`` of encoded bytes (a file's own bytes; an array is PNG-encoded, losslessly) and go
-  through ``evaluate.extract_features`` — ``input_pipeline.eval_iterator`` (bilinear resize to
-  ``data.image_size``, ImageNet normalisation), ``eval.feature``, ``eval.flip``, L2 normalisation.
+  ``SampleTable`` of encoded bytes (a file's own bytes; an array is PNG-encoded, losslessly),
+  PIL-Lanczos-resized first when ``data.resize_antialias`` (as ``datasets.load`` does for the
+  evaluation), and go through ``evaluate.extract_features`` — ``input_pipeline.eval_iterator``
+  (bilinear resize to ``data.image_size``, ImageNet normalisation), ``eval.feature``,
+  ``eval.flip``, L2 normalisation.
 * Batches are ``min(eval.batch_size, number of images)`` so one query sketch is not padded to a
   full evaluation batch.
+* ``embed(..., modality='sketch', fuse=True)`` embeds all the images as ONE multi-query query, the
+  MM'23 release's ``--test_mq`` path, through the evaluation's own ``'stem'`` aggregate
+  (``evaluate.stem_group_features`` with one group): the mean of their sketch-stem maps goes
+  through ``model.extract_fused`` (the Non-local block if the model has one, then the shared
+  stages and head), then ``eval.feature``; with ``eval.flip`` the mirrored sketches are fused and
+  embedded separately and the two features averaged, then L2 normalised. It returns shape (1, D),
+  one row like every other query, so fused and unfused queries stack; photos have no fused path
+  (an error).
+* A workdir written by ``tools.convert_weights --model=mm23`` has its weights in ``checkpoints/``
+  only (no evaluation chose a best step); ``which='best'`` falls back to it without the warning.
 """
 
 import copy
@@ -42,6 +54,7 @@ import orbax.checkpoint as ocp  # noqa: E402
 
 from sketchreid_jax import evaluate as evaluate_lib  # noqa: E402
 from sketchreid_jax.config_base import base_config, set_keys  # noqa: E402
+from sketchreid_jax.datasets import resize  # noqa: E402
 from sketchreid_jax.datasets.table import make_table  # noqa: E402
 from sketchreid_jax.methods import Method, get_method  # noqa: E402
 
@@ -114,7 +127,7 @@ def _latest_step(directory: str) -> int | None:
   return manager.latest_step()
 
 
-def _checkpoint_dir(workdir: str, which: str) -> tuple[str, int]:
+def _checkpoint_dir(workdir: str, which: str, *, converted: bool = False) -> tuple[str, int]:
   if which not in CHECKPOINT_DIRS:
     raise ValueError(f'which={which!r}; use one of {sorted(CHECKPOINT_DIRS)}')
   directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIRS[which])
@@ -123,7 +136,8 @@ def _checkpoint_dir(workdir: str, which: str) -> tuple[str, int]:
     latest = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIRS['latest'])
     step = _latest_step(latest)
     if step is not None:
-      log.warning('%s holds no checkpoint (no evaluation ran yet); using %s', directory, latest)
+      if not converted:  # a converted workdir has only checkpoints/ by design
+        log.warning('%s holds no checkpoint (no evaluation ran yet); using %s', directory, latest)
       directory = latest
   if step is None:
     tried = ' or '.join(
@@ -156,7 +170,7 @@ def load_trained(workdir: str, *, which: str = 'best') -> Trained:
   config = config_from_json(config_path)
   method = get_method(config.method)
   model = method.model_for(config, meta['num_classes'], None)
-  directory, step = _checkpoint_dir(workdir, which)
+  directory, step = _checkpoint_dir(workdir, which, converted='converted_from' in meta)
   template = _variable_shapes(model, config)
   manager = ocp.CheckpointManager(
     directory,
@@ -248,15 +262,54 @@ def images_table(images: Sequence):
   return make_table(rows, name='images')
 
 
-def embed(trained: Trained, images: Sequence, *, modality) -> np.ndarray:
-  """L2-normalised (len(images), D) embeddings, computed exactly as the evaluation does.
+def _undecodable_error(table, names) -> ValueError | None:
+  """The error naming the first of ``table``'s images that cannot be decoded, if one cannot."""
+  bad = _first_undecodable(table.image, names)
+  if bad is None:
+    return None
+  return ValueError(
+    f'cannot decode {bad}: not a JPEG, PNG, BMP or GIF image (or a truncated file); '
+    'remove it or convert it.'
+  )
+
+
+def _as_evaluated(table, config, names):
+  """``table`` as ``datasets.load`` hands it to the evaluation: with ``data.resize_antialias``
+  every image PIL-Lanczos-resized to ``data.image_size`` on load (datasets/resize.py)."""
+  if not config.data.get('resize_antialias', False):
+    return table
+  try:
+    return resize.resize_table(table, tuple(config.data.image_size), progress=False)
+  except ValueError:
+    error = _undecodable_error(table, names)
+    if error is None:
+      raise
+    raise error from None
+
+
+def embed(trained: Trained, images: Sequence, *, modality, fuse: bool = False) -> np.ndarray:
+  """L2-normalised embeddings, computed exactly as the evaluation does: (len(images), D), or with
+  ``fuse`` (1, D) for all the images as one multi-query query.
 
   ``images``: a sequence of file paths and/or uint8 (H, W, 3) or (H, W) arrays of any size, or a
   uint8 (N, H, W, 3) array.
   ``modality``: 'photo' / 'sketch' (or 0 / 1): which stream embeds them.
+  ``fuse``: sketches only; one identity's sketches fused at the stem (mean of their sketch-stem
+  maps → ``model.extract_fused``), the MM'23 multi-query embedding
+  (``eval.multi_query_aggregate='stem'``).
   """
   if modality not in MODALITIES:
     raise ValueError(f'modality={modality!r}; use one of {sorted(map(str, MODALITIES))}')
+  if fuse and MODALITIES[modality] != SKETCH:
+    raise ValueError(
+      f'embed: fuse=True fuses one identity\'s sketches into one query; modality={modality!r} '
+      "has no fused path, use modality='sketch' or fuse=False."
+    )
+  if fuse and not hasattr(trained.model, 'extract_fused'):
+    raise ValueError(
+      f'embed: fuse=True needs a two-stream model with stem fusion (baseline, cmdsl); the '
+      f'{trained.config.method} model of {trained.workdir} has none, use fuse=False.'
+    )
   if isinstance(images, np.ndarray) and images.ndim != 4:
     raise ValueError(
       f'embed: an array of images must be (N, H, W, 3), got {images.shape}; wrap one image in a '
@@ -268,23 +321,26 @@ def embed(trained: Trained, images: Sequence, *, modality) -> np.ndarray:
   table = images_table(images)
   config = copy.deepcopy(trained.config)
   config.eval.batch_size = min(config.eval.batch_size, len(table))
+  table = _as_evaluated(table, config, table.path)
+  rows = np.arange(len(table))
   try:
+    if fuse:  # the evaluation's 'stem' multi-query aggregate, all the images one group
+      return evaluate_lib.stem_group_features(
+        trained.model, trained.variables, table, rows, np.zeros(len(rows), int), config=config
+      )
     return evaluate_lib.extract_features(
       trained.model,
       trained.variables,
       table,
-      np.arange(len(table)),
+      rows,
       modality=MODALITIES[modality],
       config=config,
     )
   except tf.errors.InvalidArgumentError:
-    bad = _first_undecodable(table.image, table.path)
-    if bad is None:
+    error = _undecodable_error(table, table.path)
+    if error is None:
       raise
-    raise ValueError(
-      f'cannot decode {bad}: not a JPEG, PNG, BMP or GIF image (or a truncated file); '
-      'remove it or convert it.'
-    ) from None
+    raise error from None
 
 
 def embedding_fn(trained: Trained, modality):

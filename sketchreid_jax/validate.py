@@ -78,6 +78,23 @@ def validate(
     _check_train(config)
   if workdir is not None:
     _check_workdir(workdir)
+    if training:
+      _check_not_converted(workdir)
+
+
+def _check_not_converted(workdir: str) -> None:
+  """Training would rewrite a converted release checkpoint's config.json and train_meta.json."""
+  import json
+
+  meta = os.path.join(workdir, 'train_meta.json')
+  if os.path.exists(meta):
+    with open(meta) as f:
+      converted = json.load(f).get('converted_from')
+    if converted:
+      raise ConfigError(
+        f'workdir {workdir!r} holds weights converted by tools.convert_weights, not a training '
+        'of ours: evaluate it with --mode=evaluate, or train in a new --workdir.'
+      )
 
 
 def _check_method(config) -> None:

@@ -10,15 +10,20 @@ Interpretations chosen:
 * ``.npz`` needs only numpy and ``.safetensors`` the optional ``safetensors`` package; ``.pth`` /
   ``.pt`` need PyTorch, an optional extra that this project never requires: without it the error
   says how to install it or to convert the file to .npz/.safetensors on a machine that has it.
-* A ``.pth`` holding a training checkpoint (a dict with a ``'state_dict'`` or ``'model'`` entry)
-  is unwrapped to that entry; any remaining value that is not a tensor is an error rather than
-  being dropped silently.
+* A ``.pth`` holding a training checkpoint (a dict with a ``'state_dict'``, ``'model'`` or
+  ``'net'`` entry, the last being the MM'23 release's ``{'net', 'cmc', 'mAP', 'epoch'}``) is
+  unwrapped to that entry; any remaining value that is not a tensor is an error rather than being
+  dropped silently. ``.t`` (the release's checkpoint suffix) is read like ``.pth``.
+* PyTorch ≥ 2.6 loads with ``weights_only=True`` and refuses the numpy arrays the release saves
+  beside ``'net'``; that failure names the one-line re-save that makes a loadable file, instead of
+  this code unpickling arbitrary objects itself.
 * ``.npz`` files are read with ``allow_pickle=False``: a state dict is arrays only.
 * ``save_variables`` writes through a temporary file and a rename, so an interrupted write never
   leaves a truncated file where a valid one is expected.
 """
 
 import os
+import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,7 +32,9 @@ import flax.serialization
 import jax
 import numpy as np
 
-SUPPORTED_SUFFIXES: tuple[str, ...] = ('.npz', '.safetensors', '.pth', '.pt')
+SUPPORTED_SUFFIXES: tuple[str, ...] = ('.npz', '.safetensors', '.pth', '.pt', '.t')
+# Entries of a training checkpoint that hold the state dict (the last: the MM'23 release's).
+CHECKPOINT_ENTRIES: tuple[str, ...] = ('state_dict', 'model', 'net')
 
 
 def _to_numpy(key: str, value: Any) -> np.ndarray:
@@ -54,9 +61,18 @@ def _read_torch(path: Path) -> dict[str, np.ndarray]:
       f'has torch, e.g. np.savez(out, **{{k: v.numpy() for k, v in '
       f"torch.load(path, map_location='cpu').items()}})."
     ) from err
-  obj = torch.load(str(path), map_location='cpu')
+  try:
+    obj = torch.load(str(path), map_location='cpu')
+  except pickle.UnpicklingError as err:
+    # torch >= 2.6 (weights_only=True) refuses the release's numpy 'cmc'/'mAP' beside 'net'.
+    raise ValueError(
+      f'torch.load refuses {path} ({str(err).strip().splitlines()[0][:160]}); if you trust the '
+      f'file, re-save its state dict and convert that: python -c "import torch; '
+      f"c = torch.load('{path}', map_location='cpu', weights_only=False); "
+      f"torch.save(c.get('net', c), '{path.with_name(path.stem + '_net.pth')}')\"."
+    ) from err
   if isinstance(obj, Mapping):
-    for entry in ('state_dict', 'model'):
+    for entry in CHECKPOINT_ENTRIES:
       if isinstance(obj.get(entry), Mapping):
         obj = obj[entry]
         break
@@ -69,7 +85,7 @@ def _read_torch(path: Path) -> dict[str, np.ndarray]:
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
-  """``{key: np.ndarray}`` from a .npz, .safetensors or (with torch installed) .pth/.pt file."""
+  """``{key: np.ndarray}`` from a .npz, .safetensors or (with torch installed) .pth/.pt/.t file."""
   path = Path(path)
   suffix = path.suffix.lower()
   if suffix not in SUPPORTED_SUFFIXES:

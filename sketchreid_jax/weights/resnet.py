@@ -47,7 +47,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from sketchreid_jax.models.resnet import RESNET50_BLOCKS, ResNet50
-from sketchreid_jax.weights.state_dict import layout_problems, strip_prefix, torch_layout
+from sketchreid_jax.weights.state_dict import (
+  layout_problems,
+  strip_prefix,
+  torch_layout,
+  variables_from_layout,
+)
 
 _MAX_LISTED = 10
 
@@ -143,13 +148,4 @@ def torchvision_resnet50(state_dict: Mapping[str, Any], *, width: int = 64) -> d
       f'the state dict does not match torchvision resnet50 (width {width}) '
       f'({len(problems)} problem(s)):\n  {listed}{_depth_hint(state_dict)}'
     )
-  variables: dict[str, Any] = {'params': {}, 'batch_stats': {}}
-  for key, (collection, path, _) in expected_layout(width, num_classes).items():
-    value = np.asarray(state_dict[key], dtype=np.float32)
-    if path[-1] == 'kernel':  # OIHW → HWIO; (out, in) → (in, out)
-      value = value.transpose(2, 3, 1, 0) if value.ndim == 4 else value.T
-    node = variables[collection]
-    for part in path[:-1]:
-      node = node.setdefault(part, {})
-    node[path[-1]] = np.ascontiguousarray(value)
-  return variables
+  return variables_from_layout(state_dict, expected_layout(width, num_classes))

@@ -89,3 +89,18 @@ def torch_layout(
   for path, leaf in leaves(variables.get('batch_stats', {})):
     layout[key(path, BN_STAT_NAMES)] = ('batch_stats', path, tuple(leaf.shape))
   return layout
+
+
+def variables_from_layout(state_dict: Mapping[str, Any], layout: Mapping[str, Any]) -> dict:
+  """Flax ``{'params', 'batch_stats'}`` from a checked state dict: ``layout[key] = (collection,
+  path, shape)``; kernels go OIHW → HWIO (convolutions) and (out, in) → (in, out) (dense)."""
+  variables: dict[str, Any] = {'params': {}, 'batch_stats': {}}
+  for key, (collection, path, _) in layout.items():
+    value = np.asarray(state_dict[key], dtype=np.float32)
+    if path[-1] == 'kernel':
+      value = value.transpose(2, 3, 1, 0) if value.ndim == 4 else value.T
+    node = variables[collection]
+    for part in path[:-1]:
+      node = node.setdefault(part, {})
+    node[path[-1]] = np.ascontiguousarray(value)
+  return variables
