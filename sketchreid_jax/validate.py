@@ -121,6 +121,10 @@ def _check_method(config) -> None:
       raise ConfigError(
         f'config.{key}={config[section][leaf]!r}: choose one of {", ".join(map(repr, allowed))}.'
       )
+  for key in ('every_epochs', 'offset_epochs'):
+    value = config.eval[key]
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+      raise ConfigError(f'config.eval.{key} = {value!r}: must be an int >= 0.')
 
 
 def _positive_int(value) -> bool:

@@ -20,6 +20,7 @@ def test_bench_runs_every_part_and_writes_json(tiny_market, tmp_path, capsys):
       '--K=2',
       '--steps=1',
       '--set_size=3',
+      '--set=model.fusion_nonlocal=False',
       f'--data_root={tiny_market}',
       '--batches=2',
       '--queries=40',
@@ -32,6 +33,7 @@ def test_bench_runs_every_part_and_writes_json(tiny_market, tmp_path, capsys):
   assert saved == json.loads(json.dumps(report))
   assert saved['step']['batch'] == 8 and saved['step']['images_per_s'] > 0
   assert saved['step']['sketch_fusion'] and saved['step']['images_through_stems_per_step'] == 16
+  assert saved['step']['config_overrides'] == ['model.fusion_nonlocal=False']
   assert saved['step']['compile_plus_first_step_s'] > saved['step']['step_s'] > 0
   assert saved['pipeline']['images_per_s_1_thread'] > 0
   assert saved['rank']['total_s'] == saved['rank']['distance_s'] + saved['rank']['evaluate_rank_s']

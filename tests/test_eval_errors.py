@@ -37,6 +37,9 @@ class Probe(nn.Module):
   def extract_from_stem(self, maps, train=False):
     return self.extract(maps)
 
+  def extract_fused(self, mean_maps, train=False):
+    return self.extract(mean_maps)  # no Non-local block
+
 
 def _png(value: int) -> bytes:
   buf = io.BytesIO()

@@ -105,6 +105,10 @@ def test_unknown_method_and_enumerations(tmp_path):
   _refused(_config(train__on_nonfinite='ignore'), str(tmp_path), 'train.on_nonfinite', **ok)
   _refused(_config(parallel__launcher='pjit'), str(tmp_path), 'parallel.launcher', **ok)
   _refused(_config(train__epochs=-1), str(tmp_path), r'train.epochs = -1', **ok)
+  _refused(_config(sampler__scheme='random'), str(tmp_path), r'sampler.scheme', **ok)
+  _refused(_config(loss__wrt_shift='row'), str(tmp_path), r'loss.wrt_shift', **ok)
+  _refused(_config(eval__best_metric='R-5'), str(tmp_path), r'eval.best_metric', **ok)
+  _refused(_config(eval__offset_epochs=-1), str(tmp_path), r'eval.offset_epochs = -1', **ok)
 
 
 def test_a_workdir_that_cannot_be_written(tmp_path):

@@ -50,6 +50,14 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument('--P', type=int, default=None, help='identities per batch (default: config)')
   p.add_argument('--K', type=int, default=None, help='images per identity and modality')
   p.add_argument('--dtype', default=None, help="'float32' or 'bfloat16' (default: config)")
+  p.add_argument(
+    '--set',
+    action='append',
+    default=[],
+    metavar='KEY=VALUE',
+    help='any other config key, e.g. --set model.sketch_fusion=False (repeatable; the value is a '
+    'Python literal, else a string)',
+  )
   p.add_argument('--steps', type=int, default=5, help='timed steps after the compiling one')
   p.add_argument(
     '--set_size',
@@ -73,10 +81,24 @@ def _parser() -> argparse.ArgumentParser:
   return p
 
 
+def _literal(text: str):
+  import ast
+
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
 def _config(args):
-  from sketchreid_jax.config_base import load_config
+  from sketchreid_jax.config_base import load_config, set_keys
 
   config = load_config(args.config)
+  for item in args.set:
+    key, sep, value = item.partition('=')
+    if not sep:
+      raise SystemExit(f'--set {item!r}: write KEY=VALUE, e.g. --set model.sketch_fusion=False')
+    set_keys(config, {key: _literal(value)}, where='--set')
   if args.width:
     config.model.width = args.width
   if args.image_size:
@@ -147,6 +169,7 @@ def bench_step(args) -> dict:
     'width': config.model.width,
     'image_size': list(config.data.image_size),
     'batch': 2 * P * K,
+    'config_overrides': list(args.set),
     'sketch_fusion': fused,
     'images_through_stems_per_step': P * K * (1 + (args.set_size if fused else 1)),
     'dtype': config.model.dtype,
