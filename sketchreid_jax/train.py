@@ -235,7 +235,7 @@ def _checkpoint_managers(workdir: str, config):
   )
   # Only a new selection is saved here (evaluation/selection.py), so best/ holds exactly the
   # selected epoch; best_fn orders the saves by the same metric.
-  metric = config.eval.best_metric
+  metric = 'mAP' if config is None else config.eval.best_metric  # None: only resuming matters
   best = ocp.CheckpointManager(
     os.path.join(os.path.abspath(workdir), 'best'),
     options=ocp.CheckpointManagerOptions(
