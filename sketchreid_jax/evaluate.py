@@ -365,7 +365,11 @@ def evaluate(
     report.format_table(table_rows)
     + '\n'
     + '\n'.join(_versus_chance(name, results[name], chances[name]) for name in results)
-    + ('' if selected is None else '\n\n' + report.selected_table(selected))
+    + (
+      ''
+      if selected is None
+      else '\n\n' + report.selected_table(selected, current_step=extra['step'])
+    )
   )
   print(f'evaluation{f" ({extra})" if extra else ""}\n{text}', flush=True)
   if workdir is not None and jax.process_index() == 0:

@@ -189,3 +189,8 @@ def test_selection_keeps_the_first_strict_best_and_the_reports_show_it_beside_th
     rows = list(csv.DictReader(f))
   assert [r["protocol"] for r in rows] == ["p", "p [selected epoch 5]"]
   assert float(rows[1]["mAP"]) == pytest.approx(results["better"].mAP)
+  # When the selection is this very evaluation, one line says so instead of a second table.
+  paths = write_results(tmp_path / "same", better, selected=selection.best, extra={"step": 50})
+  md = open(paths["md"]).read()
+  assert "Selected epoch 5 (step 50)" in md and "the evaluation above" in md
+  assert md.count("| protocol |") == 1

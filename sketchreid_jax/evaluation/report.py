@@ -270,7 +270,8 @@ def write_results(
   json_text = json.dumps(payload, indent=2, default=_jsonable)
   table = format_table(rows, chance=chance_scalars)
   if selected is not None:
-    table += "\n" + selected_table(selected)
+    current = None if extra is None else extra.get("step")
+    table += "\n" + selected_table(selected, current_step=current)
 
   out_dir = Path(workdir)
   out_dir.mkdir(parents=True, exist_ok=True)
@@ -307,13 +308,16 @@ def write_results(
   return paths
 
 
-def selected_table(selected: Mapping[str, Any]) -> str:
-  """The selected epoch's metrics as a titled Markdown table (``write_results``' ``selected``)."""
+def selected_table(selected: Mapping[str, Any], *, current_step: int | None = None) -> str:
+  """The selected epoch's metrics as a titled Markdown table (``write_results``' ``selected``);
+  one line instead when the selection is the evaluation at ``current_step`` itself."""
   title = (
     f"Selected epoch {selected['epoch']} (step {selected['step']}): best {selected['metric']} on "
-    f"{selected['protocol']!r}, {selected['label']}.\n\n"
+    f"{selected['protocol']!r}, {selected['label']}"
   )
-  return title + format_table(selected["results"])
+  if selected["step"] == current_step:
+    return title + ": the evaluation above.\n"
+  return title + ".\n\n" + format_table(selected["results"])
 
 
 def _csv_value(value: Any) -> Any:
