@@ -27,6 +27,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sketchreid_jax.models.resnet import _batch_norm
+
 Array = jax.Array
 
 
@@ -49,14 +51,14 @@ class NonLocal(nn.Module):
     g, theta, phi = (flat(conv(self.inter_channels, k)(x)) for k in ('g', 'theta', 'phi'))
     y = theta @ (jnp.swapaxes(phi, 1, 2) @ g) / (h * w)
     y = conv(c, 'W_conv')(y.reshape(n, h, w, self.inter_channels))
-    y = nn.BatchNorm(
-      use_running_average=not train,
+    # Weight and bias start at 0 (the bias is zero-initialised by default), as in the release.
+    y = _batch_norm(
+      'W_bn',
+      train=train,
       momentum=self.bn_momentum,
       epsilon=self.bn_epsilon,
       dtype=self.dtype,
       axis_name=self.bn_axis_name,
-      scale_init=nn.initializers.zeros,
-      bias_init=nn.initializers.zeros,
-      name='W_bn',
+      zero_scale=True,
     )(y)
     return y + x
