@@ -606,7 +606,8 @@ def train_iterator(
 
 
 def sketch_set_table(train_set: TrainSet) -> tuple[np.ndarray, np.ndarray]:
-  """(C, M) table rows of each label's training sketches, padded with its first, and (C, M) valid."""
+  """(C, M) table rows of each label's training sketches and (C, M) validity; a short set is padded
+  by repeating its own rows (marked invalid, so they load as zero images)."""
   sets = train_set.sketch_index_by_label
   size = max(len(r) for r in sets)
   padded = np.stack([np.resize(r, size) for r in sets]).astype(np.int64)
