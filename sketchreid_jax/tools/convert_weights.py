@@ -1,5 +1,5 @@
-"""CLI: convert an official PyTorch checkpoint to Flax variables or to a ready workdir (DESIGN.md
-§3, §4 Backbone and U²-Net, §6).
+"""CLI: convert an official PyTorch checkpoint to Flax variables or to a ready workdir (the README's
+*Pretrained weights*).
 
     python -m sketchreid_jax.tools.convert_weights --model=resnet50 \\
         --input=resnet50-0676ba61.pth --output=pretrained/resnet50.msgpack
