@@ -234,12 +234,16 @@ def _checkpoint_managers(workdir: str, config):
     item_handlers=ocp.StandardCheckpointHandler(),
   )
   # Only a new selection is saved here (evaluation/selection.py), so best/ holds exactly the
-  # selected epoch; best_fn orders the saves by the same metric.
+  # selected epoch; best_fn orders the saves by the same metric. A save made under another
+  # eval.best_metric (a resumed run whose rule changed) ranks last, so the new rule's replaces it.
   metric = 'mAP' if config is None else config.eval.best_metric  # None: only resuming matters
   best = ocp.CheckpointManager(
     os.path.join(os.path.abspath(workdir), 'best'),
     options=ocp.CheckpointManagerOptions(
-      max_to_keep=1, create=True, best_fn=lambda m: m[metric], best_mode='max'
+      max_to_keep=1,
+      create=True,
+      best_fn=lambda m: m.get(metric, float('-inf')),
+      best_mode='max',
     ),
     item_handlers=ocp.StandardCheckpointHandler(),
   )

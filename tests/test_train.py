@@ -164,3 +164,22 @@ def test_grad_clip_norm_bounds_the_update_to_lr_times_the_clip():
   c.optim.grad_clip_norm = -1.0
   with pytest.raises(ValueError, match='grad_clip_norm'):
     train.make_optimizer(c, 1, params)
+
+
+def test_best_follows_a_changed_selection_metric_on_resume(tmp_path):
+  import optax
+  import orbax.checkpoint as ocp
+
+  config = load_config(os.path.join(REPO, 'configs/demo.py:tiny'))
+  state = train.TrainState.create(
+    apply_fn=None, params={'w': np.ones(2, np.float32)}, tx=optax.sgd(0.1), batch_stats={}
+  )
+  item = ocp.args.StandardSave(train._state_to_save(state))
+  _, best = train._checkpoint_managers(str(tmp_path), config)
+  best.save(10, args=item, metrics={'mAP': 0.9}, force=True)
+  best.wait_until_finished()
+  config.eval.best_metric = 'R-1'
+  _, best = train._checkpoint_managers(str(tmp_path), config)
+  best.save(20, args=item, metrics={'R-1': 0.1}, force=True)
+  best.wait_until_finished()
+  assert best.all_steps() == [20]

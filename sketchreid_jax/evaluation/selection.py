@@ -60,7 +60,7 @@ class Selection:
       'label': SELECTED_LABEL,
       'results': {name: r.to_dict() for name, r in results.items()},
     }
-    tmp = f'{self.path}.tmp'
+    tmp = f'{self.path}.{os.getpid()}.tmp'  # every host of a job may write the same workdir
     with open(tmp, 'w') as f:
       json.dump(self.best, f, indent=2, default=lambda v: v.tolist())
     os.replace(tmp, self.path)
