@@ -1,4 +1,4 @@
-"""Evaluation: feature extraction and the retrieval protocols (DESIGN §2, §5).
+"""Evaluation: feature extraction and the retrieval protocols.
 
 Embeddings are the pre-BN GeM features by default (``config.eval.feature``), optionally averaged with
 the mirror image's (``config.eval.flip``), then L2-normalised; the distance is Euclidean between
@@ -10,13 +10,23 @@ entries instead of branches:
   embedding is the re-normalised mean of its sketches' normalised embeddings
   (``eval.multi_query_aggregate='mean'``) or the embedding of the mean of their modality-specific
   feature maps (``'stem'``, the MM'23 code; models/fusion.py).
+* ``sbir``: fine-grained SBIR (QMUL-ShoeV2/ChairV2): every test sketch is a query, as in
+  ``single_query``, each photo its own identity; scored by acc@1/5/10 (the paired photo within the
+  K closest, only strictly closer photos pushing it down) and mAP (1 / (rank + 1) with the one
+  match), ``evaluation/sbir.py``. Cameras play no part, and a sketch without its photo in the
+  gallery is an error instead of an unmatched query.
+
+Each protocol scores its distance matrix with its own metrics and chance levels
+(``Protocol.score``): ``RankResult`` (mAP, R-k, mINP) for the re-id protocols, ``SBIRResult``
+(acc@K, mAP) for ``sbir``. Flip and re-ranking act on the embeddings and the distance matrix, so
+they apply to every protocol alike.
 
 A protocol entry may name its own artists: ``'single_query:A'`` ranks style A's sketches only,
 whatever ``data.test_styles`` says (CMDSL Tables 2 and 5). ``eval.rerank`` re-ranks every
 protocol's distances with k-reciprocal encoding (evaluation/rerank.py).
 
 The gallery is always every photo of the test split. Sketches carry camera id 0 and photos 1–6, so
-no gallery item is removed by the same-camera rule (DESIGN §5).
+no gallery item is removed by the same-camera rule.
 
 Errors name the protocol entry that failed: embeddings with a NaN or an Inf (how many rows, of
 which role and modality, the first image paths, and what to check), an empty query set or a
@@ -36,6 +46,7 @@ import numpy as np
 from sketchreid_jax import input_pipeline
 from sketchreid_jax.evaluation import RankResult, evaluate_rank, pairwise_distance
 from sketchreid_jax.evaluation import report
+from sketchreid_jax.evaluation.sbir import SBIRResult, sbir_chance_levels
 from sketchreid_jax.evaluation.rerank import k_reciprocal_rerank
 
 log = logging.getLogger(__name__)
@@ -233,24 +244,63 @@ def distances(queries: Queries, g_feats: np.ndarray, config) -> np.ndarray:
   )
 
 
-def _versus_chance(name: str, result: RankResult, chance: dict) -> str:
-  r1, c1 = result.rank(1), chance['R-1']
+def _versus_chance(name: str, result: RankResult | SBIRResult, chance: dict) -> str:
+  if isinstance(result, SBIRResult):
+    top1, c1, what = result.acc(1), chance['acc@1'], 'acc@1'
+  else:
+    top1, c1, what = result.rank(1), chance['R-1'], 'rank-1'
   return (
-    f'{name}: rank-1 {100 * r1:.2f}% = {r1 / c1:.1f}x chance ({100 * c1:.2f}%), '
+    f'{name}: {what} {100 * top1:.2f}% = {top1 / c1:.1f}x chance ({100 * c1:.2f}%), '
     f'mAP {100 * result.mAP:.2f}% (chance {100 * chance["mAP"]:.2f}%), '
     f'{result.num_valid_queries} queries'
   )
+
+
+def reid_score(distmat: np.ndarray, queries: Queries, eval_set, config) -> tuple[RankResult, dict]:
+  """Re-id metrics (CMC, mAP, mINP; same-pid same-camera gallery items removed) and their chance
+  levels."""
+  result = evaluate_rank(
+    distmat,
+    queries.pids,
+    eval_set.gallery_pids,
+    queries.camids,
+    eval_set.gallery_camids,
+    max_rank=config.eval.max_rank,
+  )
+  chance = report.chance_levels(
+    queries.pids,
+    eval_set.gallery_pids,
+    q_camids=queries.camids,
+    g_camids=eval_set.gallery_camids,
+    max_rank=config.eval.max_rank,
+  )
+  return result, chance
+
+
+def sbir_score(distmat: np.ndarray, queries: Queries, eval_set, config) -> tuple[SBIRResult, dict]:
+  """Fine-grained SBIR metrics (acc@1/5/10, mAP; evaluation/sbir.py) and their chance levels; the
+  cmc of both is acc@k for k = 1..config.eval.max_rank, which the report plots."""
+  result = SBIRResult.compute(
+    distmat, queries.pids, eval_set.gallery_pids, max_rank=config.eval.max_rank
+  )
+  chance = sbir_chance_levels(
+    queries.pids, eval_set.gallery_pids, result.ks, max_rank=config.eval.max_rank
+  )
+  return result, chance
 
 
 @dataclasses.dataclass(frozen=True)
 class Protocol:
   multi_query: bool  # how make_eval_set groups the query sketches
   queries: Callable  # (model, variables, table, eval_set, config) -> Queries
+  # (distmat, queries, eval_set, config) -> (result with to_dict/cmc/mAP, chance levels dict)
+  score: Callable = reid_score
 
 
 PROTOCOLS: dict[str, Protocol] = {
   'single_query': Protocol(False, sketch_queries),
   'multi_query': Protocol(True, identity_queries),
+  'sbir': Protocol(False, sketch_queries, sbir_score),
 }
 
 
@@ -299,7 +349,7 @@ def ranked_list_figure(ranking: Ranking, table, *, num_queries: int, k: int):
 
 
 def _run_protocol(model, variables, table, config, protocol, styles, gallery_cache):
-  """(RankResult, chance levels, Ranking) of one protocol; gallery embeddings are shared via the
+  """(result, chance levels, Ranking) of one protocol; gallery embeddings are shared via the
   cache."""
   eval_set = input_pipeline.make_eval_set(table, styles, multi_query=protocol.multi_query)
   key = tuple(eval_set.gallery_index)
@@ -309,21 +359,7 @@ def _run_protocol(model, variables, table, config, protocol, styles, gallery_cac
     )
   queries = protocol.queries(model, variables, table, eval_set, config)
   distmat = distances(queries, gallery_cache[key], config)
-  result = evaluate_rank(
-    distmat,
-    queries.pids,
-    eval_set.gallery_pids,
-    queries.camids,
-    eval_set.gallery_camids,
-    max_rank=config.eval.max_rank,
-  )
-  chance = report.chance_levels(
-    queries.pids,
-    eval_set.gallery_pids,
-    q_camids=queries.camids,
-    g_camids=eval_set.gallery_camids,
-    max_rank=config.eval.max_rank,
-  )
+  result, chance = protocol.score(distmat, queries, eval_set, config)
   return result, chance, Ranking(distmat, queries, eval_set)
 
 
@@ -336,7 +372,7 @@ def evaluate(
   workdir: str | None = None,
   extra: dict | None = None,
   selection=None,
-) -> dict[str, RankResult]:
+) -> dict[str, RankResult | SBIRResult]:
   """Runs every protocol of ``config.eval.protocols``; writes the reports into ``workdir`` if given.
 
   Results are keyed by the protocol entries as written in the config ('single_query:A', …).

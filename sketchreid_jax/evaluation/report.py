@@ -1,12 +1,18 @@
 """Result reports: Markdown tables, chance levels, CMC plots and the files written to a workdir.
 
-Implements the "tables/plots in workdir" end of DESIGN §2 (data flow) for the metrics of
-``evaluate_rank`` (DESIGN §3).
+The "tables and plots in the workdir" end of an evaluation, for the metrics of ``evaluate_rank``
+(re-identification) and of the fine-grained SBIR protocol (``sbir.SBIRResult``).
 
 Interpretations chosen:
 
 * Metrics are stored as fractions in [0, 1] (JSON, CSV) and shown as percentages with two decimals
-  (Markdown table, plot axis).
+  (Markdown table, plot axis), for both result kinds: re-id (``RankResult``: mAP, R-k, mINP) and
+  SBIR (``SBIRResult``: acc@K, mAP).
+* **Table columns** follow the rows' kind unless ``columns`` is given: ``DEFAULT_COLUMNS`` for
+  re-id rows, ``SBIR_COLUMNS`` for SBIR rows (a row with an ``acc@K`` key and no ``R-k`` key).
+  Rows of both kinds (e.g. ``eval.protocols=('single_query', 'sbir')``) share one table with
+  both sets of columns; a cell of a metric the row's kind does not have shows "—", while a
+  missing metric of its own kind is still an error.
 * **Chance levels are exact**, not Monte-Carlo. For a query with m positives among G candidates
   (after the same-pid same-camera removal, if cameras are given) and a uniformly random ranking:
 
@@ -21,9 +27,10 @@ Interpretations chosen:
   remaining queries.
 * Plots use matplotlib's object API (``Figure`` + the Agg canvas) rather than ``pyplot``, so
   nothing changes the global backend of a notebook that imports this module.
-* ``write_results`` requires a CMC curve for every protocol (a ``RankResult``, or a dict with a
-  ``'cmc'`` array) because it always draws ``cmc.png``; a missing curve is an error, not a gap in
-  the plot. The workdir is a local path (created if missing).
+* ``write_results`` requires a CMC curve for every protocol (a ``RankResult``, an ``SBIRResult``
+  whose curve is acc@k for k = 1..max_rank, or a dict with a ``'cmc'`` array) because it always
+  draws ``cmc.png``; a missing curve is an error, not a gap in the plot. The workdir is a local
+  path (created if missing).
 """
 
 import csv
@@ -40,48 +47,65 @@ from matplotlib.figure import Figure
 from scipy.special import gammaln
 
 from sketchreid_jax.evaluation.ranking import RankResult
+from sketchreid_jax.evaluation.sbir import METRICS as SBIR_COLUMNS
+from sketchreid_jax.evaluation.sbir import SBIRResult
 
 __all__ = ["chance_levels", "format_table", "plot_cmc", "write_results"]
 
 DEFAULT_COLUMNS: tuple[str, ...] = ("mAP", "R-1", "R-5", "R-10", "R-20", "mINP")
 DEFAULT_RANKS: tuple[int, ...] = (1, 5, 10, 20)
+# A cell of a metric that the row's kind of protocol does not compute.
+ABSENT = "—"
 
 
-def _metrics_of(name: str, result: RankResult | Mapping[str, Any]) -> dict[str, Any]:
-  if isinstance(result, RankResult):
+def _metrics_of(name: str, result: RankResult | SBIRResult | Mapping[str, Any]) -> dict[str, Any]:
+  if isinstance(result, (RankResult, SBIRResult)):
     return result.to_dict()
   if isinstance(result, Mapping):
     return dict(result)
   raise TypeError(
-    f"results[{name!r}] must be a RankResult or a dict of metrics, got {type(result).__name__}."
+    f"results[{name!r}] must be a RankResult, an SBIRResult or a dict of metrics, got "
+    f"{type(result).__name__}."
   )
 
 
+def _kind_columns(metrics: Mapping[str, Any]) -> tuple[str, ...]:
+  """The default columns of a row: SBIR's for acc@K metrics without R-k ones, else re-id's."""
+  sbir = any(k.startswith("acc@") for k in metrics) and not any(k.startswith("R-") for k in metrics)
+  return SBIR_COLUMNS if sbir else DEFAULT_COLUMNS
+
+
 def format_table(
-  rows: Mapping[str, Mapping[str, float] | RankResult],
-  columns: Sequence[str] = DEFAULT_COLUMNS,
+  rows: Mapping[str, Mapping[str, float] | RankResult | SBIRResult],
+  columns: Sequence[str] | None = None,
   chance: Mapping[str, float] | None = None,
 ) -> str:
   """Markdown table, one row per protocol, metrics (fractions) shown as percentages (2 decimals).
 
-  ``chance`` (same keys, e.g. from :func:`chance_levels`) adds a final row named "chance".
+  ``columns=None`` picks them by the rows' kind (module docstring); explicit ``columns`` must
+  exist in every row. ``chance`` (same keys, e.g. from :func:`chance_levels`) adds a final row
+  named "chance".
   """
   table_rows = [(name, _metrics_of(name, row)) for name, row in rows.items()]
   if chance is not None:
     table_rows.append(("chance", dict(chance)))
   if not table_rows:
     raise ValueError("format_table: rows is empty; pass at least one protocol's metrics.")
+  if columns is None:
+    own = [_kind_columns(metrics) for _, metrics in table_rows]
+    columns = list(dict.fromkeys(c for kind in sorted(set(own), key=own.index) for c in kind))
+  else:
+    own = [tuple(columns)] * len(table_rows)
   lines = ["| protocol | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
-  for name, metrics in table_rows:
-    missing = [c for c in columns if c not in metrics]
+  for (name, metrics), kind in zip(table_rows, own):
+    missing = [c for c in kind if c not in metrics]
     if missing:
       raise KeyError(
         f"format_table: row {name!r} has no {missing} (it has {sorted(metrics)}); compute those "
         "metrics or pass columns= without them."
       )
-    lines.append(
-      f"| {name} | " + " | ".join(f"{100.0 * float(metrics[c]):.2f}" for c in columns) + " |"
-    )
+    cells = (f"{100.0 * float(metrics[c]):.2f}" if c in kind else ABSENT for c in columns)
+    lines.append(f"| {name} | " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
 
 
@@ -228,7 +252,7 @@ def _jsonable(value: Any) -> Any:
 
 def write_results(
   workdir: str | os.PathLike,
-  results: Mapping[str, RankResult | Mapping[str, Any]],
+  results: Mapping[str, RankResult | SBIRResult | Mapping[str, Any]],
   *,
   chance: Mapping[str, Any] | None = None,
   extra: Mapping[str, Any] | None = None,
@@ -236,8 +260,9 @@ def write_results(
 ) -> dict[str, str]:
   """Write results.json, results.csv, results.md and cmc.png into ``workdir``; return their paths.
 
-  Each result is a ``RankResult`` or a dict of metrics holding a ``'cmc'`` array. ``chance`` is a
-  :func:`chance_levels` dict (its ``'cmc'`` is drawn dashed); ``extra`` is metadata stored in the
+  Each result is a ``RankResult``, an ``SBIRResult`` or a dict of metrics holding a ``'cmc'``
+  array. ``chance`` is a :func:`chance_levels` (or ``sbir.sbir_chance_levels``) dict (its
+  ``'cmc'`` is drawn dashed); ``extra`` is metadata stored in the
   JSON (config name, checkpoint step, …); ``extra['title']``, if present, also titles the plot.
   ``selected`` (``evaluation.selection.Selection.best``: epoch, metric, protocol, label and its
   per-protocol metrics) is stored under ``"selected"`` in the JSON, as a second table in the
@@ -250,7 +275,7 @@ def write_results(
   curves: dict[str, np.ndarray] = {}
   for name, result in results.items():
     metrics = _metrics_of(name, result)
-    cmc = result.cmc if isinstance(result, RankResult) else metrics.pop("cmc", None)
+    cmc = result.cmc if isinstance(result, (RankResult, SBIRResult)) else metrics.pop("cmc", None)
     if cmc is None:
       raise ValueError(
         f"write_results: results[{name!r}] has no CMC curve; pass the RankResult or add a 'cmc' "
