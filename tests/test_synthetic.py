@@ -1,4 +1,4 @@
-"""Tests of the synthetic dataset generator (DESIGN.md §5) on the 'tiny' preset."""
+"""Tests of the synthetic dataset generator on the 'tiny' preset."""
 
 from __future__ import annotations
 

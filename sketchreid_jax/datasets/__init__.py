@@ -1,6 +1,6 @@
 """Dataset readers by name (``config.data.dataset``), each returning a ``SampleTable``.
 
-Real and synthetic data share the on-disk layouts of DESIGN §5, so one reader serves both. Each
+Real and synthetic data share the on-disk layouts (data/README.md), so one reader serves both. Each
 reader runs the checks of ``datasets.checks`` first and refuses (or warns) exactly as
 ``check_dataset`` / ``python -m sketchreid_jax.tools.check_data`` report.
 
@@ -33,9 +33,22 @@ def _pku_sketch(data_config):
   )
 
 
+def _qmul(name: str) -> Callable:
+  """The QMUL reader for ``name`` (ShoeV2 and ChairV2 share it; the name labels the table)."""
+
+  def read(data_config):
+    from sketchreid_jax.datasets import qmul  # TF/TFDS import is slow: load on use
+
+    return qmul.load_qmul(data_config.root, name=name, cache_dir=data_config.cache_dir or None)
+
+  return read
+
+
 DATASETS: dict[str, Callable] = {
   'market_sketch': _market_sketch,
   'pku_sketch': _pku_sketch,
+  'qmul_shoev2': _qmul('qmul_shoev2'),
+  'qmul_chairv2': _qmul('qmul_chairv2'),
 }
 
 

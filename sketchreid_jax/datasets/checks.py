@@ -1,11 +1,12 @@
 """Dataset checks: every problem of a dataset folder at once, with one decision per case.
 
-The readers (``market_sketch.survey``, ``pku_sketch.survey``), ``datasets.load`` (which training
-calls before its first step) and ``python -m sketchreid_jax.tools.check_data`` share this module,
-so what check_data reports as an error is exactly what a load refuses, and what it reports as a
-warning is exactly what a load warns about. A check never stops at the first problem: it collects
-``Problem`` rows into a ``Report``; ``Report.raise_if_errors`` then refuses the dataset with one
-error that lists every offending file and its fix.
+The readers (``market_sketch.survey``, ``pku_sketch.survey``, ``qmul.survey``),
+``datasets.load`` (which training calls before its first step) and
+``python -m sketchreid_jax.tools.check_data`` share this module, so what check_data reports as an
+error is exactly what a load refuses, and what it reports as a warning is exactly what a load
+warns about. A check never stops at the first problem: it collects ``Problem`` rows into a
+``Report``; ``Report.raise_if_errors`` then refuses the dataset with one error that lists every
+offending file and its fix.
 
 Every case has one decision, in ``CASES`` (the README's "Data checks" table is this registry,
 printed by ``check_data --cases``):
@@ -37,6 +38,10 @@ Interpretations chosen:
   an identity trains when it has >= 1 training photo and >= 1 training sketch of the training
   styles; an identity with fewer than K images of a modality has them drawn with replacement.
   PKU-Sketch has no fixed training split (it changes per trial), so every identity counts.
+- QMUL-ShoeV2/ChairV2 (``qmul``): an identity is one photo stem, so every training identity has
+  one photo and, with K > 1, a 'fewer_than_K' note (the photo is drawn K times); ``detect_dataset``
+  takes a root with any of trainA/, trainB/, testA/, testB/ for QMUL, ChairV2 when the folder name
+  says 'chair' or a photo stem is not numeric, else ShoeV2 (the name only labels the report).
 """
 
 import dataclasses
@@ -71,7 +76,8 @@ CASES: dict[str, Case] = {
   # Layout.
   'missing_folder': Case(
     ERROR,
-    'a required folder is missing (root, photo/..., sketch/, styleAnnotation/)',
+    'a required folder is missing (root, photo/..., sketch/, styleAnnotation/, QMUL trainA/, '
+    'trainB/, testA/, testB/)',
     'refused',
     'point the root at the dataset folder or add the folder (README "Data" gives the layout)',
   ),
@@ -96,7 +102,8 @@ CASES: dict[str, Case] = {
   ),
   'bad_name': Case(
     ERROR,
-    'a file name without an identity, or not in the layout\'s pattern',
+    'a file name without an identity, or not in the layout\'s pattern (QMUL: a sketch not named '
+    '<photo stem>_<k>)',
     'refused, naming the expected pattern',
     'rename the file to the pattern or remove it',
   ),
@@ -131,31 +138,45 @@ CASES: dict[str, Case] = {
     'refused (across splits it leaks test images into training)',
     'keep one copy, in the folder of its split',
   ),
+  'stem_in_both_splits': Case(
+    ERROR,
+    'QMUL: one photo stem (item) with files in a training folder (trainA/, trainB/) and in a test '
+    'folder (testA/, testB/), compared case-insensitively',
+    'refused (one item would be trained on and tested)',
+    'keep all files of the item in the folders of one split',
+  ),
   # Identities.
   'sketch_without_photo': Case(
     ERROR,
-    'a sketch identity without a photo of its split (training sketch: no training photo)',
+    'a sketch identity without a photo of its split (training sketch: no training photo; QMUL: '
+    'trainA/<stem>_<k> without trainB/<stem>)',
     'refused',
     'add the photos or remove the sketches',
   ),
   'query_without_gallery': Case(
     ERROR,
-    'a query identity absent from the gallery (Market: no photo in photo/query)',
+    'a query identity absent from the gallery (Market: no photo in photo/query; QMUL: '
+    'testA/<stem>_<k> without testB/<stem>)',
     'refused (a query without a true match has no rank)',
     'add its gallery photos to photo/query or remove its query sketches',
   ),
   'photos_without_sketch': Case(
     WARNING,
-    'an identity with training photos but no sketch (of the training styles)',
+    'an identity with training photos but no sketch (of the training styles); QMUL: a photo of '
+    'either split without a sketch of its split',
     'excluded from training with a counted warning listing the paths (Market: by '
     'make_train_set, the photos stay in the table; PKU: by the reader, as it cannot place the '
-    'identity in a style); Market gallery identities without a sketch are distractors, by design',
+    'identity in a style); Market gallery identities without a sketch are distractors, by design; '
+    'QMUL: left out of the table by the reader, in both splits: each photo is its own class, so '
+    'without a sketch it has no training pair and no query, and the gallery stays the photos the '
+    'test sketches were drawn from; a warning, not an error, so a copy that lacks a few sketches '
+    '(the archive holds 6,648 of ShoeV2\'s 6,730) still loads',
     'add its sketches, or remove the photos to silence the warning',
   ),
   'fewer_than_K': Case(
     NOTE,
     'a training identity with fewer than K photos or sketches',
-    'its images are drawn with replacement (input_pipeline._draw, DESIGN §4)',
+    'its images are drawn with replacement (input_pipeline._draw)',
     'nothing to fix; add images to see more distinct ones per batch',
   ),
   # Image files.
@@ -541,10 +562,15 @@ class Survey:
 
 
 # config.data.dataset -> the reader module with DATASET_NAME, STYLES and survey(root) -> Survey.
+# A module serving several names (QMUL) lists them in DATASET_NAMES; its reports carry the name.
 READERS: dict[str, str] = {
   'market_sketch': 'sketchreid_jax.datasets.market_sketch',
   'pku_sketch': 'sketchreid_jax.datasets.pku_sketch',
+  'qmul_shoev2': 'sketchreid_jax.datasets.qmul',
+  'qmul_chairv2': 'sketchreid_jax.datasets.qmul',
 }
+QMUL_FOLDERS = ('trainA', 'trainB', 'testA', 'testB')
+_SUFFIXES = ('.jpg', '.jpeg', '.png')  # the image files every reader takes (others are ignored)
 
 
 def enforce(dataset: str, root: Path, survey: Survey, *, images: bool) -> None:
@@ -558,18 +584,33 @@ def enforce(dataset: str, root: Path, survey: Survey, *, images: bool) -> None:
 
 
 def detect_dataset(root: str | os.PathLike) -> str:
-  """'pku_sketch' if ``root`` has styleAnnotation/, 'market_sketch' if it has photo/train or
-  photo/query; otherwise an error asking for the name."""
+  """'pku_sketch' if ``root`` has styleAnnotation/, 'qmul_chairv2' or 'qmul_shoev2' if it has
+  any of trainA/, trainB/, testA/, testB/ (see the module docstring for which), 'market_sketch'
+  if it has photo/train or photo/query; otherwise an error asking for the name."""
   root = Path(root)
   if (root / 'styleAnnotation').is_dir():
     return 'pku_sketch'
+  present = [root / f for f in QMUL_FOLDERS if (root / f).is_dir()]
+  if present:
+    return 'qmul_chairv2' if _looks_like_chairs(root, present) else 'qmul_shoev2'
   if (root / 'photo' / 'train').is_dir() or (root / 'photo' / 'query').is_dir():
     return 'market_sketch'
   raise MissingDataError(
-    f'{root}: neither a Market-Sketch-1K folder (photo/train, photo/query, sketch/<A..F>/) nor a '
-    f'PKU-Sketch folder (sketch/, photo/, styleAnnotation/); check the path, or name the layout '
+    f'{root}: neither a Market-Sketch-1K folder (photo/train, photo/query, sketch/<A..F>/), a '
+    f'PKU-Sketch folder (sketch/, photo/, styleAnnotation/) nor a QMUL-ShoeV2/ChairV2 folder '
+    f'(trainA/, trainB/, testA/, testB/); check the path, or name the layout '
     f'(--dataset {"|".join(READERS)}) to see what is missing.'
   )
+
+
+def _looks_like_chairs(root: Path, folders: Sequence[Path]) -> bool:
+  """ChairV2 if the root's name says so, else if any photo stem is not numeric (ShoeV2's are)."""
+  name = root.resolve().name.lower()
+  if 'chair' in name or 'shoe' in name:
+    return 'chair' in name
+  photos = [f for f in folders if f.name.endswith('B')]
+  images = (p for folder in photos for p in folder.iterdir() if p.suffix.lower() in _SUFFIXES)
+  return any(not p.stem.isdigit() for p in images)
 
 
 def reader(dataset: str):
@@ -591,7 +632,7 @@ def check_dataset(
   Args:
     source: the dataset root, or a data config (``config.data``: ``root``, ``dataset``,
       ``train_styles``).
-    dataset: 'market_sketch' or 'pku_sketch'; default the config's, else detected from the layout.
+    dataset: a key of ``READERS``; default the config's, else detected from the layout.
     K: images per identity and modality of a batch (``config.sampler.K``); None = no K check.
     train_styles: sketch styles that train (default the config's, else every style).
     images: also open every image (a full decode; seconds per thousand images).
@@ -603,9 +644,11 @@ def check_dataset(
     dataset = dataset or source.dataset
     train_styles = train_styles or source.get('train_styles', None)
   root = Path(root).expanduser().resolve()
-  module = reader(dataset or detect_dataset(root))
+  dataset = dataset or detect_dataset(root)
+  module = reader(dataset)
   survey = module.survey(root)
-  report = Report(module.DATASET_NAME, str(root), list(survey.problems))
+  name = dataset if dataset in getattr(module, 'DATASET_NAMES', ()) else module.DATASET_NAME
+  report = Report(name, str(root), list(survey.problems))
   if images:
     report.problems += check_images(root, [r.path for r in survey.records])
   if train_styles is not None:

@@ -1,4 +1,4 @@
-"""Synthetic Market-Sketch-1K and PKU-Sketch datasets (DESIGN.md §5, "Synthetic").
+"""Synthetic Market-Sketch-1K and PKU-Sketch datasets (README "The synthetic stand-in").
 
 Procedurally rendered people written in exactly the on-disk layouts of the two real datasets, so
 every reader, protocol and notebook runs without downloads. ``synthetic_render.py`` draws a
@@ -53,7 +53,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import scipy.io
@@ -116,13 +116,59 @@ _MAT_HEADER_BYTES = 116  # the text field of a MAT-5 file header
 _MARKET, _PKU = 1, 2
 _IDS, _ARCHETYPES, _IDENTITY, _CAMERA, _CAMERA_PLAN, _PHOTO, _SKETCH, _DRAWS, _STYLES = range(1, 10)
 
+# "qmul_shoev2"/"qmul_chairv2" are the arguments of synthetic_objects.generate_qmul_shoev2/_chairv2.
+_QMUL_TINY = {
+  "num_train_photos": 12,
+  "num_test_photos": 6,
+  "num_sketches": None,
+  "sketches_per_photo": 3,
+  "size": (64, 64),
+}
 PRESETS: Mapping[str, Mapping[str, Mapping[str, Any]]] = {
   # Unit tests: a second or two.
-  "tiny": {"market": {"num_train_ids": 12, "num_test_ids": 8}, "pku": {"num_ids": 20}},
-  # Notebooks and smoke training: both layouts in well under a minute on 2 cores.
-  "demo": {"market": {"num_train_ids": 300, "num_test_ids": 100}, "pku": {"num_ids": 200}},
-  # Market-Sketch-1K scale (498 + 498 real identities, rounded) and the real PKU size.
-  "full": {"market": {"num_train_ids": 500, "num_test_ids": 500}, "pku": {"num_ids": 200}},
+  "tiny": {
+    "market": {"num_train_ids": 12, "num_test_ids": 8},
+    "pku": {"num_ids": 20},
+    "qmul_shoev2": _QMUL_TINY,
+    "qmul_chairv2": _QMUL_TINY,
+  },
+  # Notebooks and smoke training: every layout in well under a minute on 2 cores.
+  "demo": {
+    "market": {"num_train_ids": 300, "num_test_ids": 100},
+    "pku": {"num_ids": 200},
+    "qmul_shoev2": {
+      "num_train_photos": 200,
+      "num_test_photos": 100,
+      "num_sketches": None,
+      "sketches_per_photo": 3,
+      "size": (128, 128),
+    },
+    "qmul_chairv2": {
+      "num_train_photos": 150,
+      "num_test_photos": 50,
+      "num_sketches": None,
+      "sketches_per_photo": 3,
+      "size": (128, 128),
+    },
+  },
+  # Market-Sketch-1K scale (498 + 498 real identities, rounded), the real PKU size, and the real
+  # QMUL archives' counts and image size.
+  "full": {
+    "market": {"num_train_ids": 500, "num_test_ids": 500},
+    "pku": {"num_ids": 200},
+    "qmul_shoev2": {
+      "num_train_photos": 1800,
+      "num_test_photos": 200,
+      "num_sketches": 6648,
+      "size": (256, 256),
+    },
+    "qmul_chairv2": {
+      "num_train_photos": 300,
+      "num_test_photos": 100,
+      "num_sketches": 1275,
+      "size": (256, 256),
+    },
+  },
 }
 
 
@@ -459,12 +505,20 @@ def _render_job(job: _Job, cfg: _RenderConfig) -> bytes:
 
 
 def _write_jobs(
-  root: Path, jobs: Sequence[_Job], cfg: _RenderConfig, *, progress: bool, desc: str
+  root: Path,
+  jobs: Sequence[Any],
+  cfg: Any,
+  *,
+  progress: bool,
+  desc: str,
+  render: Callable[[Any, Any], bytes] | None = None,
 ) -> None:
+  """Writes ``render(job, cfg)`` (default ``_render_job``) to ``root / job.relpath``, every job."""
+  render = render or _render_job
   for rel in sorted({str(Path(j.relpath).parent) for j in jobs}):
     (root / rel).mkdir(parents=True, exist_ok=True)
   for job in tqdm(jobs, desc=desc, unit="img", disable=not progress):
-    (root / job.relpath).write_bytes(_render_job(job, cfg))
+    (root / job.relpath).write_bytes(render(job, cfg))
 
 
 def write_market_attributes(
@@ -596,20 +650,23 @@ def _run(
   root: Path,
   layout: str,
   params: dict[str, Any],
-  jobs: Sequence[_Job],
+  jobs: Sequence[Any],
   extra_files: Mapping[str, bytes],
   counts: Mapping[str, int],
-  cfg: _RenderConfig,
+  cfg: Any,
   *,
   progress: bool,
   start: float,
+  render: Callable[[Any, Any], bytes] | None = None,
 ) -> dict[str, Any]:
+  """Writes one layout: manifest and marker first, then every job (``_write_jobs``), the extra
+  files and the completed marker; returns the ``_summary``."""
   root.mkdir(parents=True, exist_ok=True)
   rels = sorted([j.relpath for j in jobs] + list(extra_files))
   # Manifest and an "in_progress" marker first: an interrupted run is still recognised as ours.
   (root / MANIFEST_NAME).write_text("".join(r + "\n" for r in rels))
   _write_marker(root, layout, params, "in_progress")
-  _write_jobs(root, jobs, cfg, progress=progress, desc=layout)
+  _write_jobs(root, jobs, cfg, progress=progress, desc=layout, render=render)
   for rel, data in extra_files.items():
     (root / rel).parent.mkdir(parents=True, exist_ok=True)
     (root / rel).write_bytes(data)

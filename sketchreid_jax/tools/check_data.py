@@ -2,14 +2,15 @@ r"""Checks a dataset folder and prints every problem at once, grouped by case, w
 
   python -m sketchreid_jax.tools.check_data data/market_sketch_1k [--dataset market_sketch] [--K 4]
   python -m sketchreid_jax.tools.check_data data/pku_sketch --dataset pku_sketch
+  python -m sketchreid_jax.tools.check_data --root=data/ShoeV2    # QMUL-ShoeV2 or -ChairV2
   python -m sketchreid_jax.tools.check_data --cases      # the decision of every case, as a table
 
 What it checks (the same checks ``datasets.load`` runs before training, sketchreid_jax/datasets/
 checks.py): the folder layout, every file name (identity, camera, style), the identities
 (a sketch without a photo, a query absent from the gallery, photos without a sketch, fewer
-than K images), duplicate file names across folders, and every image file (a full decode:
-zero-byte, truncated, corrupt, not an image, a format the pipeline cannot read; RGBA,
-greyscale, palette and 16-bit images are reported as converted).
+than K images, a QMUL item in both splits), duplicate file names across folders, and every image
+file (a full decode: zero-byte, truncated, corrupt, not an image, a format the pipeline cannot
+read; RGBA, greyscale, palette and 16-bit images are reported as converted).
 
 Each problem is an error (training refuses the dataset), a warning (training goes on without the
 files named) or a note (handled as documented). Errors and warnings are listed in full; notes
@@ -29,12 +30,17 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 def _parser() -> argparse.ArgumentParser:
   p = cli.parser('sketchreid_jax.tools.check_data', __doc__)
-  p.add_argument('root', nargs='?', help='the dataset folder (Market-Sketch-1K or PKU-Sketch)')
+  p.add_argument(
+    'root', nargs='?', help='the dataset folder (Market-Sketch-1K, PKU-Sketch, QMUL-ShoeV2/ChairV2)'
+  )
+  p.add_argument('--root', dest='root_flag', metavar='ROOT', help='the same as the positional root')
   p.add_argument(
     '--dataset',
-    choices=('market_sketch', 'pku_sketch'),
+    choices=('market_sketch', 'pku_sketch', 'qmul_shoev2', 'qmul_chairv2'),
     default=None,
-    help='the layout (default: detected, styleAnnotation/ = pku_sketch, photo/ = market_sketch)',
+    help='the layout (default: detected, styleAnnotation/ = pku_sketch, trainA/ trainB/ testA/ '
+    'testB/ = qmul_chairv2 if the folder name says chair or a photo stem is not numeric, else '
+    'qmul_shoev2; photo/ = market_sketch)',
   )
   p.add_argument(
     '--K', type=int, default=4, help='photos and sketches per identity in a batch (config K)'
@@ -57,6 +63,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   if args.cases:
     print(checks.cases_markdown())
     return 0
+  if args.root is not None and args.root_flag is not None and args.root != args.root_flag:
+    _parser().error(
+      f'two dataset folders given ({args.root} and --root={args.root_flag}); give one'
+    )
+  args.root = args.root or args.root_flag
   if args.root is None:
     _parser().error('give the dataset folder (or --cases)')
   if args.K < 1:

@@ -1,10 +1,11 @@
-"""CLI for the synthetic datasets of DESIGN.md §5 (``sketchreid_jax.datasets.synthetic``).
+"""CLI for the synthetic datasets (``datasets.synthetic``, ``datasets.synthetic_objects``).
 
     python -m sketchreid_jax.tools.generate_synthetic --out data/synthetic --preset demo
 
-writes ``<out>/market_sketch`` (Market-Sketch-1K layout) and ``<out>/pku_sketch`` (PKU-Sketch
-layout), shows a progress bar and prints the file counts per folder and the time taken. Explicit
-size flags override the preset's values. Re-running with the same arguments does nothing.
+writes ``<out>/market_sketch`` (Market-Sketch-1K layout), ``<out>/pku_sketch`` (PKU-Sketch layout),
+``<out>/qmul_shoev2`` and ``<out>/qmul_chairv2`` (QMUL-ShoeV2/ChairV2 layout), shows a progress bar
+and prints the file counts per folder and the time taken. Explicit size flags override the
+preset's values. Re-running with the same arguments does nothing.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from sketchreid_jax.datasets import synthetic
+from sketchreid_jax.datasets import synthetic, synthetic_objects
 
 _EPILOG = """\
 layouts written (identical to the real datasets, so the same readers work):
@@ -23,9 +24,16 @@ layouts written (identical to the real datasets, so the same readers work):
   <out>/market_sketch/sketch/<A..F>/{train,query}/<pid>.jpg                greyscale sketches
   <out>/market_sketch/market_attribute.mat                                 27 attributes per id
   <out>/pku_sketch/sketch/<id>.jpg, photo/<id>_<cam>_<frame>.jpg, styleAnnotation/<S>_<n>.txt
+  <out>/qmul_shoev2/{trainA,testA}/<stem>_<k>.png, {trainB,testB}/<stem>.png    shoes, RGB PNG
+  <out>/qmul_chairv2/{trainA,testA}/<stem>_<k>.png, {trainB,testB}/<stem>.png   chairs, RGB PNG
 
-presets (ids): tiny = 12 train + 8 test, PKU 20 (tests); demo = 300 + 100, PKU 200 (about half
-a minute on 2 cores); full = 500 + 500, PKU 200 (Market-Sketch-1K scale).
+presets:
+  tiny  Market 12 train + 8 test ids, PKU 20 ids; ShoeV2 and ChairV2 12 train + 6 test photos,
+        3 sketches each, 64x64 (the tests; about a second)
+  demo  Market 300 + 100, PKU 200; ShoeV2 200 + 100 and ChairV2 150 + 50 photos, 3 sketches
+        each, 128x128 (Market + PKU and the QMUL pair each take about 12 s of CPU)
+  full  Market 500 + 500 (Market-Sketch-1K scale), PKU 200; ShoeV2 1800 + 200 photos with 6648
+        sketches and ChairV2 300 + 100 photos with 1275 sketches, 256x256 (the real archives)
 
 Each folder gets a SYNTHETIC.json marker and a SYNTHETIC_FILES.txt manifest. Same arguments
 again: nothing is done. Other arguments: the previous synthetic files (and only those) are
@@ -42,8 +50,9 @@ examples:
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
     prog="python -m sketchreid_jax.tools.generate_synthetic",
-    description="Render procedurally generated people (no downloads) into the exact on-disk "
-    "layouts of Market-Sketch-1K and PKU-Sketch, deterministically from a seed.",
+    description="Render procedurally generated people, shoes and chairs (no downloads) into the "
+    "exact on-disk layouts of Market-Sketch-1K, PKU-Sketch and QMUL-ShoeV2/ChairV2, "
+    "deterministically from a seed.",
     epilog=_EPILOG,
     formatter_class=argparse.RawDescriptionHelpFormatter,
   )
@@ -51,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     "--out",
     type=Path,
     default=Path("data/synthetic"),
-    help="parent folder; writes <out>/market_sketch and <out>/pku_sketch (default: %(default)s)",
+    help="parent folder; writes <out>/market_sketch, <out>/pku_sketch, <out>/qmul_shoev2 and "
+    "<out>/qmul_chairv2 (default: %(default)s)",
   )
   parser.add_argument(
     "--preset",
@@ -67,9 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
   )
   parser.add_argument(
     "--layout",
-    choices=("market", "pku", "both"),
-    default="both",
-    help="which dataset(s) to write (default: %(default)s)",
+    choices=("market", "pku", "qmul", "both", "all"),
+    default="all",
+    help="which dataset(s) to write: both = market and pku, qmul = ShoeV2 and ChairV2, all = "
+    "every one (default: %(default)s)",
   )
   sizes = parser.add_argument_group("overrides of the preset")
   sizes.add_argument("--num_train_ids", type=int, help="Market training identities")
@@ -91,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     type=int,
     nargs=2,
     metavar=("H", "W"),
-    help="sketch height and width in pixels (default 256 128)",
+    help="Market and PKU sketch height and width in pixels (default 256 128; the QMUL image "
+    "size is the preset's)",
   )
   parser.add_argument(
     "--overwrite",
@@ -129,15 +141,22 @@ def _print_summary(summary: dict[str, Any]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
   market, pku = _kwargs(args)
+  preset = synthetic.PRESETS[args.preset]
   start = time.perf_counter()
   common = {"seed": args.seed, "overwrite": args.overwrite, "progress": not args.quiet}
   try:
-    if args.layout in ("market", "both"):
+    if args.layout in ("market", "both", "all"):
       _print_summary(
         synthetic.generate_market_sketch(args.out / "market_sketch", **market, **common)
       )
-    if args.layout in ("pku", "both"):
+    if args.layout in ("pku", "both", "all"):
       _print_summary(synthetic.generate_pku_sketch(args.out / "pku_sketch", **pku, **common))
+    if args.layout in ("qmul", "all"):
+      for name, generate in (
+        ("qmul_shoev2", synthetic_objects.generate_qmul_shoev2),
+        ("qmul_chairv2", synthetic_objects.generate_qmul_chairv2),
+      ):
+        _print_summary(generate(args.out / name, **preset[name], **common))
   except (FileExistsError, NotADirectoryError, ValueError) as err:
     print(f"error: {err}", file=sys.stderr)
     return 2
