@@ -46,6 +46,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from clu import metric_writers
+from flax import traverse_util
 from flax.training import train_state
 from tqdm.auto import tqdm
 
@@ -89,18 +90,37 @@ def lr_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int, base_lr
   return schedule
 
 
-def param_groups(params, head_modules) -> Any:
-  """Labels each parameter 'head' (full lr) or 'backbone' (lr × backbone_lr_mult)."""
+def param_groups(params, head_modules, frozen_paths=()) -> Any:
+  """Labels each parameter 'head' (full lr), 'backbone' (lr × backbone_lr_mult) or 'frozen'.
+
+  ``frozen_paths`` are '/'-joined parameter paths (or path prefixes) that must not change at all
+  (``Method.frozen_params``): a stopped gradient is not enough, since coupled weight decay and
+  momentum would still move them, so their group's transformation is ``optax.set_to_zero``.
+  """
   present = [m for m in head_modules if m in params]
   if not present:
     raise ValueError(
       f'config.optim.head_modules={tuple(head_modules)} matches none of the model\'s '
       f'parameter collections {sorted(params)}'
     )
-  return {
-    k: jax.tree.map(lambda _: 'head' if k in head_modules else 'backbone', v)
-    for k, v in params.items()
-  }
+  flat = traverse_util.flatten_dict(params, sep='/')
+  unmatched = [f for f in frozen_paths if not any(_under(k, f) for k in flat)]
+  if unmatched:
+    raise ValueError(
+      f'frozen parameters {unmatched} are not in the model (its parameters: '
+      f'{sorted(flat)[:8]}...); the method\'s frozen_params names a path that does not exist.'
+    )
+
+  def label(path: str) -> str:
+    if any(_under(path, f) for f in frozen_paths):
+      return 'frozen'
+    return 'head' if path.split('/')[0] in head_modules else 'backbone'
+
+  return traverse_util.unflatten_dict({k: label(k) for k in flat}, sep='/')
+
+
+def _under(path: str, prefix: str) -> bool:
+  return path == prefix or path.startswith(prefix + '/')
 
 
 def _sgd(o, lr):
@@ -128,15 +148,34 @@ def make_optimizer(config, steps_per_epoch: int, params) -> optax.GradientTransf
     {
       'head': build(o, lr_schedule(config, steps_per_epoch, o.lr)),
       'backbone': build(o, lr_schedule(config, steps_per_epoch, o.lr * o.backbone_lr_mult)),
+      'frozen': optax.set_to_zero(),
     },
-    param_groups(params, o.head_modules),
+    param_groups(params, o.head_modules, get_method(config.method).frozen_params(config)),
   )
   if o.grad_clip_norm < 0:
     raise ValueError(f'config.optim.grad_clip_norm must be >= 0 (0 = off), got {o.grad_clip_norm}')
   if o.grad_clip_norm:
-    # One global norm over every group, before the update (the logged grad_norm is pre-clip).
-    tx = optax.chain(optax.clip_by_global_norm(o.grad_clip_norm), tx)
+    # One global norm over every clipped parameter, before the update (the logged grad_norm is
+    # pre-clip). ``optim.clip_exempt`` modules are left out of it: a classifier that only the
+    # identity loss trains must not be slowed because another term's gradient is large elsewhere.
+    tx = optax.chain(_clip(params, o.grad_clip_norm, tuple(o.get('clip_exempt', ()))), tx)
   return tx
+
+
+def _clip(params, max_norm: float, exempt: tuple[str, ...]) -> optax.GradientTransformation:
+  clip = optax.clip_by_global_norm(max_norm)
+  if not exempt:
+    return clip
+  # As head_modules: an ablation may lack some of them (no MIA, no mia_bnneck), not all.
+  if not any(m in params for m in exempt):
+    raise ValueError(
+      f'config.optim.clip_exempt={exempt} matches none of the model\'s parameter collections '
+      f'{sorted(params)}.'
+    )
+  labels = {
+    k: jax.tree.map(lambda _: 'free' if k in exempt else 'clip', v) for k, v in params.items()
+  }
+  return optax.multi_transform({'clip': clip, 'free': optax.identity()}, labels)
 
 
 def create_train_state(config, model, steps_per_epoch: int, rng, frozen=None) -> TrainState:

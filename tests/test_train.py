@@ -166,6 +166,44 @@ def test_grad_clip_norm_bounds_the_update_to_lr_times_the_clip():
     train.make_optimizer(c, 1, params)
 
 
+def test_clip_exempt_modules_are_neither_counted_nor_scaled():
+  """With optim.clip_exempt the exempt module moves by lr · g, the rest by lr · g · c/‖g_rest‖."""
+  import jax.numpy as jnp
+
+  c = load_config(os.path.join(REPO, 'configs/baseline.py'))
+  c.optim.momentum, c.optim.nesterov, c.optim.weight_decay = 0.0, False, 0.0
+  c.optim.backbone_lr_mult, c.schedule.warmup_epochs = 1.0, 1
+  c.optim.grad_clip_norm, c.optim.clip_exempt = 1.0, ('bnneck',)
+  params = {'layer1': {'w': jnp.zeros(4)}, 'bnneck': {'b': jnp.zeros(2)}}
+  grads = {
+    'layer1': {'w': jnp.array([30.0, 40.0, 0.0, 0.0])},
+    'bnneck': {'b': jnp.array([3.0, 4.0])},
+  }
+  tx = train.make_optimizer(c, 1, params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  lr = c.optim.lr
+  np.testing.assert_allclose(updates['bnneck']['b'], -lr * np.array([3.0, 4.0]), rtol=1e-6)
+  np.testing.assert_allclose(
+    updates['layer1']['w'], -lr * np.array([30.0, 40.0, 0, 0]) / 50.0, rtol=1e-6
+  )
+  c.optim.clip_exempt = ('nothing_here',)
+  with pytest.raises(ValueError, match='clip_exempt'):
+    train.make_optimizer(c, 1, params)
+
+
+def test_frozen_parameters_get_no_update_of_any_kind():
+  """A frozen path keeps its value under weight decay and momentum, even with a gradient."""
+  import jax.numpy as jnp
+
+  c = load_config(os.path.join(REPO, 'configs/baseline.py'))
+  c.optim.weight_decay = 0.1
+  params = {'layer1': {'w': jnp.ones(3), 'v': jnp.ones(2)}, 'bnneck': {'b': jnp.ones(1)}}
+  labels = train.param_groups(params, ('bnneck',), ('layer1/v',))
+  assert labels == {'layer1': {'w': 'backbone', 'v': 'frozen'}, 'bnneck': {'b': 'head'}}
+  with pytest.raises(ValueError, match='not in the model'):
+    train.param_groups(params, ('bnneck',), ('layer9',))
+
+
 def test_best_follows_a_changed_selection_metric_on_resume(tmp_path):
   import optax
   import orbax.checkpoint as ocp

@@ -43,6 +43,10 @@ class Method:
   # Whether the model trains on fused sketch sets (``config.model.sketch_fusion``, models/fusion.py):
   # its ``__call__`` takes (N, M, H, W, 3) sketches and ``sketch_valid``, and it has ``extract_fused``.
   sketch_fusion: bool = False
+  # Parameters that must not change at all under this config ('/'-joined paths or prefixes of
+  # the 'params' tree, e.g. DALNet's frozen DAG kernel): the optimiser gives them no update of
+  # any kind (``train.param_groups``).
+  frozen_params: Callable[[Any], tuple[str, ...]] = lambda config: ()
 
 
 METHODS: dict[str, Method] = {}
