@@ -16,7 +16,7 @@ D = 6
 # margin and gamma enter only arithmetic, so they are traced too: one compile per shape.
 pairwise = jax.jit(circle_pairwise, static_argnames='exclude_self')
 pairwise_grad = jax.jit(jax.grad(circle_pairwise, argnums=(0, 2)), static_argnames='exclude_self')
-intra = jax.jit(circle_intra, static_argnames='hard_negatives')
+intra = jax.jit(circle_intra, static_argnames=('hard_negatives', 'exclude_self'))
 
 
 @jax.jit
@@ -57,15 +57,15 @@ def naive_pairwise(a, labels_a, b, labels_b, m, gamma, exclude_self):
   return float(np.mean(losses)) if losses else 0.0
 
 
-def naive_intra(pre, post, labels, m, gamma, k):
+def naive_intra(pre, post, labels, m, gamma, k, exclude_self=False):
   pre_u, post_u = _unit(np.asarray(pre, np.float64)), _unit(np.asarray(post, np.float64))
   losses = []
   for i in range(len(pre)):
-    s_p = [pre_u[i] @ post_u[j] for j in range(len(pre)) if labels[j] == labels[i]]
+    same = [j for j in range(len(pre)) if labels[j] == labels[i] and not (exclude_self and j == i)]
+    s_p = [pre_u[i] @ post_u[j] for j in same]
     others = [j for j in range(len(pre)) if labels[j] != labels[i]]
-    candidates = sorted(
-      [pre_u[i] @ post_u[j] for j in others] + [pre_u[i] @ pre_u[j] for j in others], reverse=True
-    )
+    # Negatives come from the positives' comparison: pre anchor against other identities' post.
+    candidates = sorted([pre_u[i] @ post_u[j] for j in others], reverse=True)
     s_n = candidates[:k] if k > 0 else candidates
     losses.append(naive_anchor_loss(s_p, s_n, m, gamma))
   return float(np.mean(losses))
@@ -250,3 +250,59 @@ def test_intra_bad_input_raises(shapes, hard_negatives, match):
   pre, post, labels = np.zeros(shapes[0]), np.zeros(shapes[1]), np.zeros(shapes[2], int)
   with pytest.raises(ValueError, match=match):
     circle_intra(pre, post, labels, hard_negatives=hard_negatives)
+
+
+def _bound(gamma, m):
+  return float(np.logaddexp(0.0, -2 * gamma * m * m))  # softplus(−2γm²), the module doc's bound
+
+
+@pytest.mark.parametrize('margin, gamma', [(0.25, 64.0), (0.3, 16.0)])
+def test_intra_post_equal_to_pre_sits_at_the_derived_lower_region(margin, gamma):
+  # Orthogonal identities, every sample of an identity equal: with post == pre every positive has
+  # s_p = 1 and every negative s_n = 0, so each anchor's loss is softplus(log(P·Q) − 2γm²) with
+  # P = samples per identity, Q = negatives kept (the module doc's derivation).
+  ids, per_id = 4, 3
+  pre = np.repeat(np.eye(ids, D), per_id, axis=0)
+  labels = np.repeat(np.arange(ids), per_id)
+  for k, q in ((1, 1), (2, 2), (0, (ids - 1) * per_id)):
+    got = float(
+      intra(np.float32(pre), np.float32(pre), labels, margin=margin, gamma=gamma, hard_negatives=k)
+    )
+    want = float(np.logaddexp(0.0, np.log(per_id * q) - 2 * gamma * margin**2))
+    assert got == pytest.approx(want, rel=1e-5)
+    if gamma == 64.0:
+      assert got < 0.1  # the paper's m and γ: the term's lower region, far from its ceiling
+  assert _bound(gamma, margin) > 0
+
+
+def test_every_circle_term_is_above_the_derived_bound():
+  rng = np.random.default_rng(21)
+  for trial in range(20):
+    pre, labels = batch(30 + trial)
+    post = pre + rng.normal(size=pre.shape) * rng.uniform(0, 2)
+    for m, g in ((0.25, 64.0), (0.1, 8.0)):
+      got = float(
+        intra(np.float32(pre), np.float32(post), labels, margin=m, gamma=g, hard_negatives=0)
+      )
+      assert got >= _bound(g, m) * (1 - 1e-5)
+      got = float(pairwise(np.float32(pre), labels, np.float32(post), labels, margin=m, gamma=g))
+      assert got >= _bound(g, m) * (1 - 1e-5)
+
+
+@pytest.mark.parametrize('hard_negatives', [1, 0])
+def test_intra_without_mia_excludes_the_self_pair(hard_negatives):
+  # The no-MIA form compares a modality's features with each other: post is pre, and the
+  # constant self pair (s = 1) must not be a positive.
+  # Tight identities, so the self pair weighs like the real positives (as in the pairwise test).
+  rng = np.random.default_rng(13)
+  labels = rng.permutation(np.repeat([3, 8, 1, 5], 3))
+  x = rng.normal(size=(4, D))[np.searchsorted([1, 3, 5, 8], labels)] + 0.15 * rng.normal(
+    size=(12, D)
+  )
+  want = naive_intra(x, x, labels, 0.25, 64.0, hard_negatives, exclude_self=True)
+  with_self = naive_intra(x, x, labels, 0.25, 64.0, hard_negatives)
+  assert abs(want - with_self) > 1e-3 * want
+  got = intra(
+    np.float32(x), np.float32(x), labels, hard_negatives=hard_negatives, exclude_self=True
+  )
+  assert float(got) == pytest.approx(want, rel=1e-5)

@@ -10,6 +10,8 @@ from tests.variables import numpy_variables
 
 N, H, W = 2, 6, 7
 LUMA = np.array([0.299, 0.587, 0.114])
+MEAN = np.array([0.485, 0.456, 0.406])  # ImageNet, as input_pipeline.normalize
+STD = np.array([0.229, 0.224, 0.225])
 
 
 def randn(shape, seed: int = 0) -> np.ndarray:
@@ -23,8 +25,8 @@ def init_variables(model, images):
 def numpy_dag(images, kernel, mask=None, pad='edge'):
   """A naive 3×3 loop in float64: out-of-range taps read the nearest pixel (edge) or 0."""
   x = np.asarray(images, np.float64)
-  if mask is not None:
-    x = x * np.asarray(mask, np.float64)
+  if mask is not None:  # in pixel space: un-normalise, multiply, normalise again
+    x = ((x * STD + MEAN) * np.asarray(mask, np.float64) - MEAN) / STD
   g = x @ LUMA
   k = np.asarray(kernel, np.float64).reshape(3, 3)
   n, h, w = g.shape
@@ -106,18 +108,24 @@ def test_vertical_step_edge_responses():
     np.testing.assert_allclose(out[..., c], want, rtol=1e-5, atol=1e-5)
 
 
-def test_zero_mask_gives_zero_output_and_mask_multiplies_the_photo():
+def test_zero_mask_removes_the_background_in_pixel_space():
   images = randn((N, H, W, 3), seed=2)
   model = DAG()
   variables = init_variables(model, images)
+  # A zero mask leaves black pixels: normalised black, grey-converted, through a kernel summing
+  # to 9 − 8·0.8 = 2.6 (a flat image stays flat with edge padding).
+  black = ((0.0 - MEAN) / STD) @ LUMA
   out = model.apply(variables, jnp.asarray(images), jnp.zeros((N, H, W, 1)))
-  np.testing.assert_array_equal(out, 0.0)
+  np.testing.assert_allclose(out, 2.6 * black, rtol=1e-5)
 
   mask = np.random.default_rng(3).uniform(size=(N, H, W, 1)).astype(np.float32)
   got = model.apply(variables, jnp.asarray(images), jnp.asarray(mask))
-  unmasked = model.apply(variables, jnp.asarray(images * mask))
-  np.testing.assert_allclose(got, unmasked, rtol=1e-6, atol=1e-6)
-  assert np.abs(np.asarray(got) - np.asarray(model.apply(variables, jnp.asarray(images)))).max() > 1
+  in_pixels = ((images * STD + MEAN) * mask - MEAN) / STD  # the photo the seed masks, normalised
+  unmasked = model.apply(variables, jnp.asarray(in_pixels, jnp.float32))
+  np.testing.assert_allclose(got, unmasked, rtol=1e-5, atol=1e-5)
+  # Not the old convention (the normalised image times the mask, background = mean colour).
+  wrong = model.apply(variables, jnp.asarray(images * mask))
+  assert np.abs(np.asarray(got) - np.asarray(wrong)).max() > 1
 
 
 def test_output_channels_are_identical():

@@ -134,16 +134,99 @@ def test_test_features_are_the_streams_shared_backbone_features():
 
 
 def test_mask_reaches_the_aux_images():
-  # The DAG sees photo × mask: where the mask is 0 (the left strip) a flat-zero input gives a
-  # zero edge response except within one pixel of the strip's border.
+  # The DAG sees the photo with its background set to black in pixel space: where the mask is 0
+  # (the left strip) the aux image is the flat response to normalised black, 2.6 × its grey
+  # value, except within one pixel of the strip's border.
   config = _tiny('dag_style')
   batch = _batch(config)
   model, variables, photos, sketches, kwargs = _init_and_apply(config, batch)
   outputs = model.apply(variables, photos, sketches, train=False, **kwargs)
   strip = config.data.image_size[1] // 4
   aux = np.asarray(outputs['aux_images'])
-  assert np.abs(aux[:, :, : strip - 1]).max() == 0.0
-  assert np.abs(aux[:, :, strip + 1 :]).max() > 0.1
+  mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+  black = 2.6 * float(((0.0 - mean) / std) @ np.array([0.299, 0.587, 0.114]))
+  np.testing.assert_allclose(aux[:, :, : strip - 1], black, rtol=1e-5)
+  assert np.abs(aux[:, :, strip + 1 :] - black).max() > 0.1
+
+
+def test_style_features_are_pooled_by_the_learnable_gem():
+  # The seed pools the early features with GeM (learnable p): the style anchor must equal
+  # GeM_p(aux stream's map) computed by hand, and p must receive the style loss's gradient.
+  config = _tiny('dag_style')
+  batch = _batch(config)
+  model, variables, photos, sketches, kwargs = _init_and_apply(config, batch)
+  p = 2.5
+  params = dict(variables['params'], style_gem={'p': jnp.full((1,), p)})
+  v = {'params': params, 'batch_stats': variables['batch_stats']}
+  outputs = model.apply(v, photos, sketches, train=False, **kwargs)
+  aux_map = model.apply(
+    v, outputs['aux_images'], train=False, method=lambda m, x, train: m.aux_stream(x, train=train)
+  )
+  want = np.mean(np.maximum(np.asarray(aux_map, np.float64), 1e-6) ** p, axis=(1, 2)) ** (1 / p)
+  np.testing.assert_allclose(outputs['style']['anchor'], want, rtol=1e-4)
+  assert _grads(config, 'style')['style_gem'] > 0
+
+
+def test_intra_features_before_and_after_mia_are_of_one_kind():
+  # Both sides are mean-pooled outputs of the same LayerNorm, so the "before" feature has zero
+  # channel mean like the "after" one (LayerNorm's bias starts at 0): the bound that kept a
+  # non-negative GeM anchor below the target, cos ≤ √(1 − cos²(v, 𝟙)), is 1 here, above
+  # 1 − m = 0.75. At init the measured positive similarity reaches the target too.
+  config = _tiny('dag_style', data__image_size=(64, 32))
+  batch = _batch(config)
+  model, variables, photos, sketches, kwargs = _init_and_apply(config, batch)
+  outputs = model.apply(variables, photos, sketches, train=False, **kwargs)
+  m = config.loss.circle_margin
+  for k in ('photo', 'sketch'):
+    pre = np.asarray(outputs['mia'][k]['pre'], np.float64)
+    post = np.asarray(outputs['mia'][k]['feat'], np.float64)
+    ones = np.ones(pre.shape[1]) / np.sqrt(pre.shape[1])
+    cos_one = pre @ ones / np.linalg.norm(pre, axis=1)
+    bound = np.sqrt(1 - cos_one**2)
+    assert bound.min() > 1 - m, (k, bound.min())
+    cos = np.sum(pre * post, axis=1) / np.linalg.norm(pre, axis=1) / np.linalg.norm(post, axis=1)
+    assert cos.mean() > 1 - m, (k, cos.mean())
+  # The stream's GeM feature, the old anchor, is bounded below the target at init.
+  gem = np.asarray(outputs['streams']['photo']['feat'], np.float64)
+  cos_one = gem.sum(1) / np.sqrt(gem.shape[1]) / np.linalg.norm(gem, axis=1)
+  assert np.sqrt(1 - cos_one**2).max() < 1 - m
+
+
+def test_frozen_dag_kernel_is_bitwise_unchanged_by_training(tiny_pku, tfds_cache, tmp_path):
+  # Weight decay and momentum move a parameter whose gradient is only stopped; the optimiser
+  # mask must leave it exactly as initialised, while the trainable kernel does move.
+  from sketchreid_jax import inference
+  from sketchreid_jax.models.dag import edge_kernel_init
+
+  init = np.asarray(edge_kernel_init(9.0, -0.8)).reshape(3, 3, 1, 1)
+  moved = {}
+  for preset in ('dag_frozen', 'dag_trainable'):
+    config = _tiny(
+      preset,
+      train__epochs=2,
+      eval__every_epochs=0,
+      train__progress_bar=False,
+      optim__weight_decay=0.05,
+      data__root=tiny_pku,
+      data__cache_dir=tfds_cache,
+      data__mask_source='none',
+    )
+    workdir = str(tmp_path / preset)
+    train.train_and_evaluate(config, workdir)
+    kernel = np.asarray(
+      inference.load_trained(workdir, which='latest').variables['params']['dag']['edge_kernel']
+    )
+    moved[preset] = np.abs(kernel - init).max()
+    if preset == 'dag_frozen':
+      assert kernel.dtype == init.dtype and kernel.tobytes() == init.tobytes()
+  assert moved['dag_frozen'] == 0.0 and moved['dag_trainable'] > 1e-4
+
+
+def test_frozen_params_are_named_only_when_frozen():
+  method = get_method('dalnet')
+  assert method.frozen_params(_tiny('dag_frozen')) == ('dag/edge_kernel',)
+  assert method.frozen_params(_tiny('dag_trainable')) == ()
+  assert method.frozen_params(_tiny('ablation_baseline', model__dag_trainable=False)) == ()
 
 
 # ----------------------------------------------------------------------------- mask sources

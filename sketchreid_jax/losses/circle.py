@@ -23,13 +23,23 @@ Interpretations chosen (the seed lost its formula images; DESIGN §4 fixes the f
   test is a Python identity check, so under ``jit`` with ``a`` and ``b`` passed as separate
   arguments it cannot fire: pass ``exclude_self=True`` there.
 * **Intra-modal** (``circle_intra``): within one modality, anchor i is the feature before the MIA
-  attention module, pre[i]. Its positives are post[j] (after MIA) for every j of its identity,
-  j = i included (the same sample before and after MIA). Its negatives are the
-  ``hard_negatives`` (config knob; default 1, the single hardest) most similar rows among the
-  other identities' pre *and* post rows; ``hard_negatives=0`` keeps all of them, and a value above
-  the number of other-identity rows keeps all of those. Ties are broken by ``lax.top_k`` (lowest
-  index first); tied candidates have equal similarity, so the loss value does not depend on it.
-  The selection is a mask: gradient flows through the chosen similarities, not the choice.
+  attention module, pre[i], and every candidate is a feature after it, post[j]: the positives are
+  post[j] for every j of its identity, j = i included (the same sample before and after MIA), the
+  negatives the ``hard_negatives`` (config knob; default 1, the single hardest) most similar post
+  rows of other identities; ``hard_negatives=0`` keeps all of them, and a value above their number
+  keeps all of those. Positives and negatives thus come from one comparison, pre against post, so
+  a negative is judged on the same scale as the positives it competes with (mixing in pre–pre
+  similarities let features that are merely alike before MIA, e.g. all non-negative, supply the
+  hardest negative of every anchor). The caller must give pre and post of the same kind (same
+  pooling and normalisation, ``models/dalnet.py``), or the positive pair cannot reach 1 − m. Ties
+  are broken by ``lax.top_k`` (lowest index first); tied candidates have equal similarity, so the
+  loss value does not depend on it. The selection is a mask: gradient flows through the chosen
+  similarities, not the choice.
+* **Bounds.** Every logit is at least −γm²: with u = 1 − s_p, the positive logit is
+  −γ(m + u)(m − u) = γ(u² − m²) (minimal at s_p = 1), and the negative logit is γ(s_n² − m²) for
+  s_n ≥ −m (minimal at s_n = 0) and 0 below. So every anchor's loss is at least
+  softplus(−2γm²) (3.4e-4 at γ = 64, m = 0.25), and an anchor whose P positives sit at s_p = 1 and
+  whose Q negatives at s_n = 0 has exactly softplus(log(P·Q) − 2γm²): the term's lower region.
 * The loss is the mean over anchors with at least one positive and one negative; with no such
   anchor (e.g. a one-identity batch) it is 0.0, with a finite (zero) gradient. Masked-out pairs
   are removed before the exponential, so values and gradients stay NaN-free; the log-sum-exps
@@ -141,6 +151,7 @@ def circle_intra(
   margin: float = 0.25,
   gamma: float = 64.0,
   hard_negatives: int = 1,
+  exclude_self: bool = False,
   eps: float = 1e-12,
 ) -> jax.Array:
   """Intra-modal circle loss, DALNet (seed 003), circle loss around the MIA module.
@@ -154,8 +165,10 @@ def circle_intra(
     labels: (N,) identities.
     margin: the relaxation m (0.25; config).
     gamma: the scale γ (64; config).
-    hard_negatives: how many of the most similar other-identity pre/post rows each anchor uses
-      as negatives (config); 0 keeps all of them. Must be a Python int (it fixes a shape).
+    hard_negatives: how many of the most similar other-identity post rows each anchor uses as
+      negatives (config); 0 keeps all of them. Must be a Python int (it fixes a shape).
+    exclude_self: drop the pair (pre[i], post[i]) from the positives: for ``post is pre`` (the
+      intra-modal term without MIA), where that pair is the constant s = 1.
     eps: the clamp on feature norms before normalising.
 
   Returns:
@@ -176,13 +189,11 @@ def circle_intra(
       f'circle_intra: hard_negatives must be an int ≥ 0 (0 = all), got {hard_negatives!r}.'
     )
   num = pre.shape[0]
-  to_post = cosine_similarity(pre, post, eps=eps)
-  # Candidates: [post rows | pre rows]; positives live in the first block only.
-  sim = jnp.concatenate([to_post, cosine_similarity(pre, pre, eps=eps)], axis=1)
+  sim = cosine_similarity(pre, post, eps=eps)
   same = labels[:, None] == labels[None, :]
-  is_pos = jnp.concatenate([same, jnp.zeros_like(same)], axis=1)
-  is_neg = jnp.concatenate([~same, ~same], axis=1)
-  k = min(int(hard_negatives), 2 * num)
+  is_neg = ~same
+  is_pos = same & ~jnp.eye(num, dtype=bool) if exclude_self else same
+  k = min(int(hard_negatives), num)
   if k > 0:
     _, idx = jax.lax.top_k(jax.lax.stop_gradient(jnp.where(is_neg, sim, -jnp.inf)), k)
     picked = jnp.zeros_like(is_neg).at[jnp.arange(num)[:, None], idx].set(True)

@@ -9,11 +9,35 @@ not computed.) The seed lost its formula images, so the choices are ours and sta
 
 * Identity terms are summed over the feature sets (three shared, two MIA), each a mean CE.
 * Circle losses use the pre-BN features (cosine, so the scale does not matter) of the global
-  batch (all-gathered). The cross-modal term takes anchors in the first modality of each pair.
-* Intra-modal circle: with MIA, positives of a pre-MIA anchor are the same identity's post-MIA
-  features and negatives its ``loss.circle_hard_negatives`` most similar other-identity features
-  (``losses.circle_intra``), for photo and sketch. Without MIA (DALNet Table 1's row before MIA is
-  added) it is the plain circle loss inside each modality, self-pairs excluded.
+  batch (all-gathered).
+* Cross-modal direction (``loss.circle_cross_symmetric``, default True): a pair (a, b) is the mean
+  of the term anchored in a and the term anchored in b. The seed sums the circle loss over the
+  three modality pairs without naming an anchor; circle loss weighs each anchor's positives and
+  negatives by a softmax over that anchor's candidates, so anchoring only in the photos would never
+  train the sketch-anchored comparison that retrieval makes (a sketch ranks photos). The mean
+  keeps the term at the one-direction scale. False anchors in the pair's first modality only.
+* Intra-modal circle: with MIA, the anchors are each modality's "before MIA" features and every
+  candidate an "after MIA" feature (positives: the same identity, the sample itself included;
+  negatives: the ``loss.circle_hard_negatives`` most similar other identities), for photo and
+  sketch (``losses.circle_intra``). Both sides are mean-pooled LayerNorm outputs of the same
+  LayerNorm (``models/dalnet.py`` says why the GeM feature cannot be the anchor). Without MIA
+  (DALNet Table 1's row before MIA is added) each photo or sketch feature is the anchor and the
+  other features of its modality the candidates (itself excluded), with the same hard-negative
+  mining: the seed defines the term by its "most easily confused different-identity pairs" and
+  names sketches and photos, not the auxiliary images, so the row keeps both in either form.
+* Scale (``optim.clip_exempt``, ``loss.circle_scale``). With γ = 64 the circle terms' gradients
+  at init, from scratch (width 8, 96×48), had global norms of 340 (cross-modal) and 12,600
+  (intra-modal) against 12 for the identity losses. From scratch a clip is needed
+  (``optim.grad_clip_norm``; without one SGD diverged), and a single global clip then scaled every
+  update by the circle terms' norm, the BNNecks' and classifiers' included: the identity loss sat
+  at chance for 12 epochs. Those heads, which only the identity losses train, are therefore left
+  out of the clip (``optim.clip_exempt``, set by ``configs/dalnet.py``); on the synthetic ablation
+  (seed 0) the cross-modal row then reached single-query mAP 14.4 against 9.6 before. Dividing the
+  circle terms by γ (``circle_scale='gamma'``) was measured too and is not the default: every
+  gradient stays small, but the terms then sat for all 12 epochs at their stationary point where
+  every pair has s ≈ 0.5 (28.7 per modality pair = γ((1 − s)² + s² − 2m²) + log(P·Q)) and stopped
+  contributing: mAP 6.8 (cross-modal row) and 6.3 (full model) against 14.4 and 11.0 with the
+  loss as written. The paper presets clip nothing, so an ImageNet-initialised run is unchanged.
 * Style refinement (InfoNCE, τ = 0.07) is computed on each device's own batch: anchor = aux
   stream's pooled layer-2 feature, the positive = the sketch of the same row (same identity by
   the batch layout), negatives = every photo of that batch; sketch and photo sides are
@@ -34,6 +58,7 @@ from sketchreid_jax.losses.style import style_refinement
 from sketchreid_jax.methods import Method, baseline, register
 
 CROSS_PAIRS = (('photo', 'sketch'), ('photo', 'aux'), ('aux', 'sketch'))
+INTRA = ('photo', 'sketch')  # the seed's intra-modal term compresses sketches and photos
 
 
 def model_for(config, num_classes: int, bn_axis_name: str | None):
@@ -50,11 +75,29 @@ def model_for(config, num_classes: int, bn_axis_name: str | None):
   )
 
 
+def circle_scale(config) -> float:
+  """The factor on both circle terms (``loss.circle_scale``; the module doc says why)."""
+  c = config.loss
+  scale = {'gamma': 1.0 / c.circle_gamma, 'none': 1.0}
+  if c.circle_scale not in scale:
+    raise ValueError(
+      f'config.loss.circle_scale must be one of {sorted(scale)} (none = the loss as written), '
+      f'got {c.circle_scale!r}.'
+    )
+  return scale[c.circle_scale]
+
+
 def _circle(a, b, config, **kw):
   c = config.loss
   return circle_pairwise(
     a['feat'], a['label'], b['feat'], b['label'], margin=c.circle_margin, gamma=c.circle_gamma, **kw
   )
+
+
+def _cross(a, b, config):
+  if not config.loss.circle_cross_symmetric:
+    return _circle(a, b, config)
+  return 0.5 * (_circle(a, b, config) + _circle(b, a, config))
 
 
 def losses_for(outputs, batch, config):
@@ -68,28 +111,31 @@ def losses_for(outputs, batch, config):
   terms = {'id': (c.id_weight, sum(ce(h) for h in streams.values()))}
   if mia is not None and c.mia_id_weight:
     terms['mia_id'] = (c.mia_id_weight, sum(ce(h) for h in mia.values()))
+  scale = circle_scale(config)
   if c.circle_cross_weight:
     pairs = [(a, b) for a, b in CROSS_PAIRS if a in streams and b in streams]
     terms['circle_cross'] = (
-      c.circle_cross_weight,
-      sum(_circle(streams[a], streams[b], config) for a, b in pairs),
+      c.circle_cross_weight * scale,
+      sum(_cross(streams[a], streams[b], config) for a, b in pairs),
     )
   if c.circle_intra_weight:
-    if mia is not None:
-      intra = sum(
-        circle_intra(
-          streams[k]['feat'],
-          mia[k]['feat'],
-          streams[k]['label'],
-          margin=c.circle_margin,
-          gamma=c.circle_gamma,
-          hard_negatives=c.circle_hard_negatives,
-        )
-        for k in ('photo', 'sketch')
+    # Before/after MIA with it; without it each feature against the others of its modality.
+    pairs = {
+      k: (mia[k]['pre'], mia[k]['feat']) if mia else (streams[k]['feat'],) * 2 for k in INTRA
+    }
+    intra = sum(
+      circle_intra(
+        pre,
+        post,
+        streams[k]['label'],
+        margin=c.circle_margin,
+        gamma=c.circle_gamma,
+        hard_negatives=c.circle_hard_negatives,
+        exclude_self=mia is None,
       )
-    else:
-      intra = sum(_circle(h, h, config, exclude_self=True) for h in streams.values())
-    terms['circle_intra'] = (c.circle_intra_weight, intra)
+      for k, (pre, post) in pairs.items()
+    )
+    terms['circle_intra'] = (c.circle_intra_weight * scale, intra)
   if c.style_weight and 'style' in outputs:
     s = outputs['style']
     terms['style'] = (
@@ -102,6 +148,11 @@ def losses_for(outputs, batch, config):
       ),
     )
   return terms
+
+
+def frozen_params(config) -> tuple[str, ...]:
+  """DALNet Table 2's frozen DAG: its edge kernel gets no update at all (no decay, no momentum)."""
+  return () if config.model.dag_trainable or not config.model.use_aux else ('dag/edge_kernel',)
 
 
 # ----------------------------------------------------------------------------- U²-Net masks
@@ -156,5 +207,6 @@ METHOD = register(
     model_inputs=('label', 'mask'),
     frozen_for=frozen_for,
     prepare=prepare,
+    frozen_params=frozen_params,
   )
 )

@@ -3,7 +3,7 @@
 Implements DALNet (seed 003) / DESIGN.md §4 "DAG (DALNet)". For a photo x (NHWC, 3 channels) and a
 foreground mask m (NHWC, 1 channel, values in [0, 1]):
 
-    x_fg = m ⊙ x                              background removed (m from the frozen U²-Net)
+    x_fg = N(m ⊙ N⁻¹(x))                      background removed in pixel space (m: frozen U²-Net)
     g    = Σ_c w_c x_fg,c                     1×1 conv RGB → 1 channel (grey)
     e    = K ∗ g                              3×3 conv, K initialised to centre 9, neighbours −0.8
     aux  = [e, e, e]                          replicated to 3 channels for a ResNet stem
@@ -18,9 +18,14 @@ Interpretations chosen (the seed's formula images were lost):
   calls the 3×3 kernel "the only trainable and optimizable part" of the DAG, so the grey
   conversion is a constant; the seed gives no values for it, BT.601 is what ``cv2`` and
   ``PIL.Image.convert('L')`` use.
-* The DAG acts on the pipeline's ImageNet-normalised RGB (what the photo stem sees), and the mask
-  multiplies that normalised image: the removed background becomes 0, i.e. the ImageNet mean colour,
-  not black. Any zero-masked region gives an exactly zero auxiliary image there, whatever K is.
+* The DAG receives the pipeline's ImageNet-normalised RGB (what the photo stem sees). N is that
+  normalisation, x ↦ (x − mean) / std with x in [0, 1], and N⁻¹ its inverse: the mask multiplies
+  the *pixels*, so a removed background is black, as in the seed's "filter the original image
+  pixel by pixel", and the result is normalised again like every image the stems see. (Masking
+  the normalised image instead would turn the background into the ImageNet mean colour, i.e. grey
+  0 after normalisation, which is not what the seed's masked photo looks like.) A zero-masked
+  region is therefore the constant N(0) per channel and, through the grey conversion and the edge
+  kernel, a flat region of value 2.6 · Σ_c w_c N(0)_c, whatever the photo held there.
 * ``mask=None`` is the ``none`` mask source (no masking). A mask is (N, H, W, 1) at the photo's
   resolution (``precomputed`` and ``u2net`` both deliver that); it is not clipped to [0, 1].
 * The 3×3 conv pads by replicating the border pixel (``pad_mode='edge'``) so the output keeps the
@@ -32,8 +37,10 @@ Interpretations chosen (the seed's formula images were lost):
 * One kernel with one input and one output channel (3, 3, 1, 1), HWIO as ``nn.Conv``; no bias (the
   seed names only the kernel values). The single edge channel is copied, not convolved three times.
 * ``trainable=False`` (DALNet Table 2's frozen-DAG row) keeps the parameter, so checkpoints and
-  optimiser states have the same tree, and wraps it in ``stop_gradient``; the kernel then stays at
-  its initial value provided the optimiser applies no weight decay to a zero gradient.
+  optimiser states have the same tree, and wraps it in ``stop_gradient``. A stopped gradient
+  alone does not freeze a parameter (coupled weight decay and momentum still move it), so the
+  method also names it in ``Method.frozen_params``, whose parameters the optimiser never updates
+  (``train.make_optimizer``).
 * Computed in float32 (the input of a ResNet stem is small and the kernel amplifies by 9); the
   output is cast back to the input dtype.
 """
@@ -45,6 +52,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sketchreid_jax.models.u2net import IMAGENET_MEAN, IMAGENET_STD
+
 Dtype = Any
 Array = jax.Array
 
@@ -55,6 +64,14 @@ def edge_kernel_init(center: float, neighbour: float, dtype: Dtype = jnp.float32
   """The 3×3 edge kernel: ``center`` in the middle, ``neighbour`` at the eight other taps."""
   kernel = jnp.full((3, 3), neighbour, dtype)
   return kernel.at[1, 1].set(center)
+
+
+def mask_pixels(images: Array, mask: Array) -> Array:
+  """N(m ⊙ N⁻¹(x)): ImageNet-normalised RGB with the background (m = 0) set to black, float32."""
+  mean = jnp.asarray(IMAGENET_MEAN, jnp.float32)
+  std = jnp.asarray(IMAGENET_STD, jnp.float32)
+  pixels = images.astype(jnp.float32) * std + mean
+  return (pixels * mask.astype(jnp.float32) - mean) / std
 
 
 def grey(images: Array, weights: Sequence[float]) -> Array:
@@ -101,7 +118,7 @@ class DAG(nn.Module):
           f'DAG: the foreground mask must be (N, H, W, 1) = {(*images.shape[:3], 1)} for photos '
           f'of shape {tuple(images.shape)}, got {tuple(mask.shape)}.'
         )
-      x = x * mask.astype(jnp.float32)
+      x = mask_pixels(x, mask)
     g = grey(x, self.grey_weights)
 
     kernel = self.param(

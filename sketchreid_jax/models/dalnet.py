@@ -19,8 +19,19 @@ Interpretations chosen:
   it is frozen, so its weights are not parameters of this model (``methods/dalnet.py``).
 * Pooling: one shared GeM with a learnable p (init 3) for the shared-backbone features; the MIA
   outputs are LayerNorm-ed (signed) maps, which GeM's clamp at eps would mostly zero, so they are
-  average-pooled. The style refinement features are the average-pooled layer2 maps of each stream
-  (the "pooled early features"); gradients to the sketch/photo side are stopped in the loss wiring.
+  average-pooled. The style refinement features are the private-stream (layer2) maps of each
+  stream pooled by a second learnable GeM, ``style_gem`` (init 3), as the seed pools the "front-end
+  ResBlock" features with GeM before the style loss; it has its own p because those maps are
+  another level of the network than the shared ones. Gradients to the sketch/photo side are
+  stopped in the loss wiring.
+* The intra-modal circle needs a "before MIA" feature of the same kind as the "after MIA" one:
+  the MIA output is a mean of LayerNorm-ed positions (each position has zero channel mean), while
+  the GeM feature is a mean of ReLU outputs (every component ≥ 0). A non-negative vector v has
+  cosine at most √(1 − cos²(v, 𝟙)) with any zero-mean one, about 0.4 at init, below the circle
+  target 1 − m = 0.75, so that pair could never be satisfied. ``out['mia'][t]['pre']`` is instead
+  the unrefined shared map X_t through the *same* LayerNorm as X̂_t (ACA's ``norm``), mean-pooled
+  like X̂_t: pre and post then differ only by what MIA adds (BAM's gate and the attention round
+  trip), and pre = post is reachable.
 * Heads: one shared BNNeck (+ classifier) for the three shared-backbone features; a second BNNeck
   ``mia_bnneck`` for the two MIA outputs (their distribution differs: LayerNorm then mean).
 * MIA is training only (a sketch query has no paired auxiliary); ``extract`` runs a modality's
@@ -32,12 +43,12 @@ Interpretations chosen:
 Outputs of ``__call__`` (rows of each entry are this device's N samples of one modality)::
 
     {'streams': {'photo'|'aux'|'sketch': {'feat', 'bn_feat', 'logits', 'label'}},
-     'mia':     {'photo'|'sketch': {'feat', 'bn_feat', 'logits', 'label'}},      # use_mia
+     'mia':     {'photo'|'sketch': {'feat', 'pre', 'bn_feat', 'logits', 'label'}},  # use_mia
      'style':   {'anchor' (aux), 'positive' (sketch), 'negatives' (photo)},      # use_aux
      'aux_images': the DAG output (N, H, W, 3)}                                  # use_aux
 
 Parameter tree: ``{photo,aux,sketch}_stream/{stem/{conv1,bn1},layer1,layer2}``, ``layer3``,
-``layer4``, ``gem/p``, ``bnneck/{bn,classifier}``, ``dag/edge_kernel``, ``mia/...``,
+``layer4``, ``gem/p``, ``style_gem/p``, ``bnneck/{bn,classifier}``, ``dag/edge_kernel``, ``mia/...``,
 ``mia_bnneck/{bn,classifier}``. ImageNet init (``config.model.init_checkpoint``):
 ``resnet50_init_map`` gives every stream its own copy of the ResNet-50 stem and private stages, as
 the reference code does; ``weights.pretrained.load_pretrained_backbone`` applies it.
@@ -141,6 +152,9 @@ class DALNet(nn.Module):
       self.dag = DAG(
         center=self.dag_center, neighbour=self.dag_neighbour, trainable=self.dag_trainable
       )
+      # p ≥ 1: the seed's GeM ranges from average (p = 1) to max pooling (p → ∞). Unbounded, the
+      # style loss (its only source of gradient) drove p to 0.10 in 12 synthetic epochs.
+      self.style_gem = GeM(p=self.gem_p, learnable=self.gem_learnable, eps=self.gem_eps, p_min=1.0)
     specs = stage_specs(self.width, self.last_stride, self.blocks)[self.num_private_stages :]
     self.shared = [
       ResNetStage(s.num_blocks, s.features, s.stride, name=s.name, **bn) for s in specs
@@ -224,7 +238,7 @@ class DALNet(nn.Module):
       aux_images = self.dag(photos, None if mask is None else mask[:n])
       early['aux'] = self.aux_stream(aux_images, train=train)
       out['aux_images'] = aux_images
-      pooled = {k: jnp.mean(v.astype(jnp.float32), axis=(1, 2)) for k, v in early.items()}
+      pooled = dict(zip(early, jnp.split(self.style_gem(jnp.concatenate(list(early.values()))), 3)))
       out['style'] = {
         'anchor': pooled['aux'],
         'positive': pooled['sketch'],
@@ -245,11 +259,20 @@ class DALNet(nn.Module):
     split = {key: jnp.split(v, len(names)) for key, v in heads.items()}
     out['streams'] = {k: {key: split[key][i] for key in split} for i, k in enumerate(names)}
     if self.use_mia:
-      photo_hat, sketch_hat = self.mia(maps['photo'], maps['aux'], maps['sketch'])
-      pooled = jnp.mean(jnp.concatenate([photo_hat, sketch_hat]).astype(jnp.float32), axis=(1, 2))
-      mia = self._head(
-        self.mia_bnneck, pooled, jnp.concatenate([labels['photo'], labels['sketch']]), train=train
+      photo_hat, sketch_hat, photo_pre, sketch_pre = self.mia(
+        maps['photo'], maps['aux'], maps['sketch'], references=True
       )
+
+      def pool(*maps_):
+        return jnp.mean(jnp.concatenate(maps_).astype(jnp.float32), axis=(1, 2))
+
+      mia = self._head(
+        self.mia_bnneck,
+        pool(photo_hat, sketch_hat),
+        jnp.concatenate([labels['photo'], labels['sketch']]),
+        train=train,
+      )
+      mia['pre'] = pool(photo_pre, sketch_pre)
       split = {key: jnp.split(v, 2) for key, v in mia.items()}
       out['mia'] = {
         k: {key: split[key][i] for key in split} for i, k in enumerate(('photo', 'sketch'))

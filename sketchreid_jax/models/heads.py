@@ -57,6 +57,8 @@ class GeM(nn.Module):
   p: float = 3.0
   learnable: bool = False
   eps: float = 1e-6
+  # A floor on a learnable p (0 = none); the value used is max(p, p_min).
+  p_min: float = 0.0
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -73,6 +75,8 @@ class GeM(nn.Module):
       if self.learnable
       else self.p
     )
+    if self.learnable and self.p_min > 0:
+      p = jnp.maximum(p, self.p_min)
     return gem_pool(x, p, eps=self.eps)
 
 

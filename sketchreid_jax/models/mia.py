@@ -124,7 +124,8 @@ class ACA(nn.Module):
   precision: jax.lax.Precision = jax.lax.Precision.HIGHEST
 
   @nn.compact
-  def __call__(self, x: Array, aux: Array) -> Array:
+  def __call__(self, x: Array, aux: Array, reference: Array | None = None):
+    """x_hat, or (x_hat, LN(reference)) when a ``reference`` map is given (same LayerNorm)."""
     _check_map(x, 'ACA', 'the target')
     _check_map(aux, 'ACA', 'the auxiliary')
     if aux.shape[0] != x.shape[0] or aux.shape[-1] != x.shape[-1]:
@@ -147,14 +148,22 @@ class ACA(nn.Module):
     round_trip = jnp.einsum(
       'nqk,nkp,npc->nqc', a_xa, a_ax, q, precision=self.precision, optimize='optimal'
     )
-    x_hat = nn.LayerNorm(
+    norm = nn.LayerNorm(
       epsilon=self.layer_norm_epsilon,
       dtype=jnp.float32,
       param_dtype=jnp.float32,
       use_fast_variance=False,
       name='norm',
-    )(q + round_trip)
-    return x_hat.reshape(n, h, w, c).astype(x.dtype)
+    )
+    x_hat = norm(q + round_trip).reshape(n, h, w, c).astype(x.dtype)
+    if reference is None:
+      return x_hat
+    if reference.shape != x.shape:
+      raise ValueError(
+        f'ACA: the reference map must have the target\'s shape {tuple(x.shape)}, got '
+        f'{tuple(reference.shape)}.'
+      )
+    return x_hat, norm(reference.astype(jnp.float32)).astype(x.dtype)
 
 
 class MIA(nn.Module):
@@ -169,7 +178,9 @@ class MIA(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, photo: Array, aux: Array, sketch: Array) -> tuple[Array, Array]:
+  def __call__(self, photo: Array, aux: Array, sketch: Array, *, references: bool = False):
+    """(photo_hat, sketch_hat); with ``references=True`` also (LN_p(photo), LN_s(sketch)): the
+    unrefined maps through the same LayerNorms, the like-for-like "before MIA" features."""
     for name, f in (('photo', photo), ('aux', aux), ('sketch', sketch)):
       _check_map(f, 'MIA', name)
     _check_same_shape('MIA', photo=photo, aux=aux, sketch=sketch)
@@ -177,6 +188,10 @@ class MIA(nn.Module):
     sketch_aligned, s_sketch = BAM(self.reduction, dtype=self.dtype, name='bam_sketch')(sketch, aux)
     aux32 = aux.astype(jnp.float32)
     aux_aligned = (aux32 + s_sketch.astype(jnp.float32) * aux32).astype(aux.dtype)
-    photo_hat = ACA(self.layer_norm_epsilon, name='aca_photo')(photo_aligned, aux_aligned)
-    sketch_hat = ACA(self.layer_norm_epsilon, name='aca_sketch')(sketch_aligned, aux_aligned)
-    return photo_hat, sketch_hat
+    aca_photo = ACA(self.layer_norm_epsilon, name='aca_photo')
+    aca_sketch = ACA(self.layer_norm_epsilon, name='aca_sketch')
+    if not references:
+      return aca_photo(photo_aligned, aux_aligned), aca_sketch(sketch_aligned, aux_aligned)
+    photo_hat, photo_ref = aca_photo(photo_aligned, aux_aligned, reference=photo)
+    sketch_hat, sketch_ref = aca_sketch(sketch_aligned, aux_aligned, reference=sketch)
+    return photo_hat, sketch_hat, photo_ref, sketch_ref
