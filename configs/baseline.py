@@ -15,13 +15,23 @@ Presets (the part after ':'):
                     as the release's --train_mq --test_mq: fused sketch sets with its Non-local
                     block in training, the same fusion ('stem') at test (models/fusion.py)
   pku_sketch        PKU-Sketch, one 150/50 trial (--config.data.pku_trial)   (CMDSL Table 4, B)
+  shoev2, chairv2   QMUL-ShoeV2 / QMUL-ChairV2 fine-grained SBIR (each photo a class; protocol
+                    'sbir': acc@1/5/10, mAP), the baseline beside DALNet's SBIR rows:
+                    `python -m sketchreid_jax.tools.reproduce --protocol=sbir
+                    --config=configs/baseline.py:shoev2 --workdir=runs/baseline_shoev2`
 Without a preset the config is market_sketch_sq.
 
 CMAlign (L_ic, L_dt), which the released MM'23 code adds on top of this, arrives with the CMDSL
 method; this config is the identity + WRT core that every method here extends.
 """
 
-from sketchreid_jax.config_base import PKU_SKETCH, base_config, with_preset
+from sketchreid_jax.config_base import (
+  PKU_SKETCH,
+  QMUL_CHAIRV2,
+  QMUL_SHOEV2,
+  base_config,
+  with_preset,
+)
 
 PRESETS = {
   'market_sketch_s1': {
@@ -43,6 +53,8 @@ PRESETS = {
     'eval.multi_query_aggregate': 'stem',
   },
   'pku_sketch': PKU_SKETCH,
+  'shoev2': QMUL_SHOEV2,
+  'chairv2': QMUL_CHAIRV2,
 }
 
 

@@ -25,7 +25,13 @@ Presets (the part after ':'):
   dag_frozen             Table 2: DAG kernel frozen, no style loss
   dag_trainable          Table 2: DAG kernel trained by the task losses, no style loss
   dag_style              Table 2: DAG kernel trained, + style refinement loss (= pku, the full model)
-The ablations run on PKU-Sketch, as DALNet's tables do.
+  shoev2                 QMUL-ShoeV2 (fine-grained SBIR; each photo is a class; protocol 'sbir':
+                         acc@1/5/10 and mAP of each test sketch against every test photo)
+  chairv2                QMUL-ChairV2, the same
+  ablation_<row>_shoev2  Table 1's rows on QMUL-ShoeV2 (<row> = baseline, aux, cross, intra, mia)
+The ablations run on PKU-Sketch, as DALNet's tables do (and on ShoeV2 with the _shoev2 suffix).
+SBIR launch: `python -m sketchreid_jax.tools.reproduce --protocol=sbir
+--config=configs/dalnet.py:shoev2 --workdir=runs/dalnet_shoev2 --config.data.root=/path/to/ShoeV2`.
 
 Market-Sketch-1K protocol: market_mq trains on single sketches and tests multi-query with the
 'mean' aggregate (each identity's query = the re-normalised mean of its sketches' embeddings).
@@ -41,11 +47,19 @@ MIA reduction 16. Circle m = 0.25, γ = 64 and the style τ = 0.07 are DESIGN's 
 Training from scratch (no --config.model.init_checkpoint) with the circle terms on, add
 --config.optim.grad_clip_norm=5: their early gradients (global norm > 100 with γ = 64) made SGD at
 lr 0.05 diverge to NaN within a few hundred steps on the synthetic ablation; the papers do not clip.
+The BNNecks and classifiers stay outside that clip (optim.clip_exempt), so the identity losses
+keep training them at the full rate; methods/dalnet.py gives the measurements.
 """
 
-from sketchreid_jax.config_base import PKU_SKETCH, base_config, with_preset
+from sketchreid_jax.config_base import (
+  PKU_SKETCH,
+  QMUL_CHAIRV2,
+  QMUL_SHOEV2,
+  base_config,
+  with_preset,
+)
 
-HEADS = ('gem', 'bnneck', 'mia_bnneck', 'mia', 'dag')
+HEADS = ('gem', 'style_gem', 'bnneck', 'mia_bnneck', 'mia', 'dag')
 
 PKU = PKU_SKETCH
 FULL = {
@@ -78,6 +92,15 @@ PRESETS = {
   'dag_frozen': {**PKU, **NO_STYLE, 'model.dag_trainable': False},
   'dag_trainable': {**PKU, **NO_STYLE},
   'dag_style': PKU,
+  # DALNet's SBIR generalisation (its Table 1 ablates on PKU-Sketch and QMUL-ShoeV2).
+  'shoev2': QMUL_SHOEV2,
+  'chairv2': QMUL_CHAIRV2,
+}
+# Table 1's rows on QMUL-ShoeV2: the PKU rows' switches on the ShoeV2 data and protocol.
+TABLE1 = ('ablation_baseline', 'ablation_aux', 'ablation_cross', 'ablation_intra', 'ablation_mia')
+PRESETS |= {
+  f'{row}_shoev2': {**{k: v for k, v in PRESETS[row].items() if k not in PKU}, **QMUL_SHOEV2}
+  for row in TABLE1
 }
 
 
@@ -94,6 +117,9 @@ def get_config(preset: str = 'pku'):
   c.model.use_aux = True
   c.model.use_mia = True
   c.optim.head_modules = HEADS
+  # Only the identity losses train the BNNecks and classifiers: a clip (from-scratch runs) must
+  # not scale their updates by the circle terms' gradient (methods/dalnet.py, "Scale").
+  c.optim.clip_exempt = ('bnneck', 'mia_bnneck')
   c.loss.mia_id_weight = 1.0
   for key, value in FULL.items():
     section, name = key.split('.')

@@ -117,6 +117,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.circle_hard_negatives = (
     1  # intra-modal: hardest other-identity samples per anchor; 0 = all
   )
+  # Circle terms' scale: 'none' = as written, 'gamma' = divided by γ (measured and rejected as the
+  # default: methods/dalnet.py).
+  c.loss.circle_scale = 'none'
+  c.loss.circle_cross_symmetric = True  # cross-modal circle anchored in both modalities (mean)
   c.loss.style_weight = 0.0  # style refinement InfoNCE (DAG kernels + aux stream only)
   c.loss.style_temperature = 0.07  # τ (the seed's experimental details)
 
@@ -131,6 +135,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Clip the global gradient norm to this before the update (0 = off). The papers do not clip; from
   # scratch, DALNet's circle terms (γ = 64) give gradient norms > 100 early and diverge without it.
   c.optim.grad_clip_norm = 0.0
+  # Top-level modules left out of that clip (their gradient is neither counted nor scaled), e.g.
+  # BNNecks and classifiers that only the identity loss trains.
+  c.optim.clip_exempt = ()
 
   # Epoch-wise step schedule: lr·(e+1)/warmup_epochs during warm-up, then ×gamma at each milestone.
   c.schedule = ml_collections.ConfigDict()
@@ -154,11 +161,13 @@ def base_config() -> ml_collections.ConfigDict:
   # Evaluate after epoch e (1-based) when e > offset and (e - offset) % every_epochs == 0. The MM'23
   # release tests after epochs 3, 5, ..., 81 (its 0-based even epochs > 0): every 2, offset 1.
   c.eval.offset_epochs = 0
-  # Any of 'single_query', 'multi_query', each optionally restricted to some artists with
-  # ':<styles>' (e.g. 'single_query:A' = style A only); without it, data.test_styles.
+  # Any of 'single_query', 'multi_query' (re-id: mAP, R-k, mINP) and 'sbir' (QMUL-ShoeV2/ChairV2:
+  # every test sketch queries every test photo; acc@1/5/10, mAP), each optionally restricted to
+  # some artists with ':<styles>' (e.g. 'single_query:A' = style A only); else data.test_styles.
   c.eval.protocols = ('single_query',)
   c.eval.best_protocol = ''  # protocol whose best_metric picks the best checkpoint; '' = the first
-  # 'mAP' or 'R-1' (the release keeps the epoch of the best rank-1). The selected epoch's numbers
+  # 'mAP' or 'R-1' (the release keeps the epoch of the best rank-1), 'acc@1'/'acc@5'/'acc@10'/'mAP'
+  # on 'sbir', optionally as '<protocol>/<metric>' (e.g. 'sbir/acc@1'). The selected epoch's numbers
   # are best on the test set, so the reports always show the last epoch's beside them.
   c.eval.best_metric = 'mAP'
   c.eval.batch_size = 128
@@ -200,6 +209,26 @@ PKU_SKETCH = {
   'seed': 42,
   'eval.protocols': ('single_query',),
 }
+
+
+# The fine-grained SBIR datasets: each photo is an identity, QMUL records no sketcher (every
+# sketch has style 'A'), and the test is the 'sbir' protocol, selected on acc@1 as FG-SBIR papers
+# report it. 224×224: the square crops FG-SBIR networks take (the photos are 256×256 objects, not
+# 2:1 person crops).
+def _qmul(name: str) -> dict:
+  return {
+    'data.dataset': name,
+    'data.root': f'data/synthetic/{name}',
+    'data.train_styles': 'A',
+    'data.test_styles': 'A',
+    'data.image_size': (224, 224),
+    'eval.protocols': ('sbir',),
+    'eval.best_metric': 'acc@1',
+  }
+
+
+QMUL_SHOEV2 = _qmul('qmul_shoev2')
+QMUL_CHAIRV2 = _qmul('qmul_chairv2')
 
 
 def with_preset(

@@ -113,7 +113,7 @@ def _check_method(config) -> None:
   choices = {
     'sampler.scheme': ('cycle', 'release'),
     'loss.wrt_shift': ('set', 'reference'),
-    'eval.best_metric': ('mAP', 'R-1'),
+    'loss.circle_scale': ('none', 'gamma'),
   }
   for key, allowed in choices.items():
     section, leaf = key.split('.')
@@ -121,6 +121,18 @@ def _check_method(config) -> None:
       raise ConfigError(
         f'config.{key}={config[section][leaf]!r}: choose one of {", ".join(map(repr, allowed))}.'
       )
+  from sketchreid_jax.evaluation.selection import parse_best_metric
+
+  protocol = config.eval.best_protocol or config.eval.protocols[0]
+  try:
+    protocol, _ = parse_best_metric(config.eval.best_metric, protocol)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  if protocol not in config.eval.protocols:
+    raise ConfigError(
+      f'config.eval.best_metric={config.eval.best_metric!r} selects on protocol {protocol!r}, '
+      f'which is not in config.eval.protocols {tuple(config.eval.protocols)}.'
+    )
   for key in ('every_epochs', 'offset_epochs'):
     value = config.eval[key]
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:

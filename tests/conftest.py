@@ -42,3 +42,13 @@ def tiny_pku(tmp_path_factory):
   root = tmp_path_factory.mktemp('synthetic_pku') / 'pku_sketch'
   synthetic.generate_pku_sketch(str(root), **synthetic.PRESETS['tiny']['pku'])
   return str(root)
+
+
+@pytest.fixture(scope='session')
+def tiny_shoev2(tmp_path_factory):
+  """Root of a tiny synthetic QMUL-ShoeV2 layout (the generator's 'tiny' preset)."""
+  from sketchreid_jax.datasets import synthetic, synthetic_objects
+
+  root = tmp_path_factory.mktemp('synthetic_qmul') / 'qmul_shoev2'
+  synthetic_objects.generate_qmul_shoev2(str(root), **synthetic.PRESETS['tiny']['qmul_shoev2'])
+  return str(root)

@@ -13,6 +13,8 @@ Protocols (--protocol):
                                                                           (CMDSL Table 5)
   attribute_noise   the config with --noise_levels (0,3,6,9) of 27 attributes corrupted per
                     identity; run with the baseline's and CMDSL's configs (CMDSL Table 7)
+  sbir              QMUL-ShoeV2 / QMUL-ChairV2, one training: every test sketch queries every
+                    test photo; acc@1/5/10 and mAP          (DALNet Table 1 on ShoeV2)
   evaluate          no training: evaluate the workdir's best (else latest) checkpoint on
                     --config.eval.protocols (any of single_query, multi_query, with ':<styles>')
 
