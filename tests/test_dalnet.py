@@ -316,3 +316,30 @@ def test_presets_train_without_any_weight_file(preset, tiny_market, tiny_pku, tf
   results = train.train_and_evaluate(config, str(tmp_path / preset))
   assert set(results) == set(config.eval.protocols)
   assert all(0 <= r.mAP <= 1 for r in results.values())
+
+
+@pytest.mark.parametrize('symmetric', [True, False])
+def test_cross_modal_circle_direction(symmetric):
+  # True: each pair is the mean of the term anchored in either modality; False: the first only.
+  from sketchreid_jax.losses.circle import circle_pairwise
+
+  config = _tiny('ablation_cross', loss__circle_cross_symmetric=symmetric)
+  batch = _batch(config)
+  model, variables, photos, sketches, kwargs = _init_and_apply(config, batch)
+  outputs, _ = model.apply(
+    variables, photos, sketches, train=True, mutable=['batch_stats'], **kwargs
+  )
+  s = outputs['streams']
+
+  def one(a, b):
+    return float(circle_pairwise(s[a]['feat'], s[a]['label'], s[b]['feat'], s[b]['label']))
+
+  pairs = (('photo', 'sketch'), ('photo', 'aux'), ('aux', 'sketch'))
+  want = sum(0.5 * (one(a, b) + one(b, a)) if symmetric else one(a, b) for a, b in pairs)
+  weight, got = get_method('dalnet').losses_for(outputs, None, config)['circle_cross']
+  assert weight == 1.0 and float(got) == pytest.approx(want, rel=1e-5)
+  assert abs(one('photo', 'sketch') - one('sketch', 'photo')) > 1e-3  # the directions differ
+  # circle_scale='gamma' divides the term by γ through its weight; the value is the same.
+  config.loss.circle_scale = 'gamma'
+  weight, again = get_method('dalnet').losses_for(outputs, None, config)['circle_cross']
+  assert weight == pytest.approx(1 / config.loss.circle_gamma) and float(again) == float(got)
