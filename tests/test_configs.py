@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from sketchreid_jax.config_base import load_config
+from sketchreid_jax.evaluate import PROTOCOLS
 from sketchreid_jax.methods import METHODS
 from tests.conftest import REPO
 
@@ -25,7 +26,9 @@ def test_every_config_and_preset_loads(path, preset):
   config = load_config(f'{path}:{preset}' if preset else path)
   assert config.method in METHODS
   assert config.sampler.P >= 2 and config.sampler.K >= 1
-  assert set(config.eval.protocols) <= {'single_query', 'multi_query'}
+  assert {p.partition(':')[0] for p in config.eval.protocols} <= set(PROTOCOLS)
+  # A QMUL dataset is tested with the SBIR protocol only, a re-id dataset never with it.
+  assert (config.data.dataset.startswith('qmul')) == ('sbir' in config.eval.protocols)
 
 
 def test_presets_set_what_they_say():
