@@ -87,12 +87,13 @@ def _check_styles(table: SampleTable, styles: str, split: str, argument: str) ->
   have = available_styles(table, split)
   missing = [s for s in wanted if s not in have]
   if missing:
+    folders = ", ".join(f"{table.root}/sketch/{s}/{split}/" for s in missing)
     raise ValueError(
       f"{argument}={styles!r}: no sketches of style(s) {''.join(missing)} in split "
-      f"'{split}' of {table.name or 'the dataset'} at {table.root or '?'} (Market-Sketch-1K keeps "
-      f"style S in sketch/S/{split}/, PKU-Sketch in styleAnnotation/; QMUL-ShoeV2/ChairV2 "
-      f"record no sketcher, so all their sketches are style 'A'). Styles available in "
-      f"'{split}': {have or 'none'}; choose among those."
+      f"'{split}' of {table.name or 'the dataset'} (Market-Sketch-1K layout: searched "
+      f"{folders}; PKU-Sketch lists styles in styleAnnotation/; QMUL-ShoeV2/ChairV2 record no "
+      f"sketcher, so all their sketches are style 'A'). Styles available in '{split}': "
+      f"{have or 'none'}; choose among those."
     )
   return wanted
 
