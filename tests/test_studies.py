@@ -259,7 +259,7 @@ def test_seed_summary_is_numpys_mean_and_std_of_each_seeds_table(protocol, fake,
   assert out['records'] == rows
   spread = []
   for i, row in enumerate(rows):
-    for key in studies.METRICS:
+    for key in studies.REID_METRICS:  # these studies are re-id protocols
       if i < len(rows) - extra:
         values = np.array([per_seed[s]['records'][i][key] for s in SEEDS])
         for k, v in per_seed[SEEDS[0]]['records'][i].items():
@@ -289,7 +289,7 @@ def test_seeds_for_evaluate_read_each_seeds_workdir(fake, tmp_path):
   assert [c['workdir'] for c in fake.calls] == [str(tmp_path / f'seed{s}') for s in SEEDS]
   assert [r['protocol'] for r in out['records']] == ['single_query', 'multi_query:AB']
   for row in out['records']:
-    for key in studies.METRICS:
+    for key in studies.REID_METRICS:
       values = []
       for s in SEEDS:
         seeded = studies.with_values(config, {'seed': s})
