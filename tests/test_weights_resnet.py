@@ -304,7 +304,7 @@ MODELS = {
   'dalnet': (
     lambda: DALNet(num_classes=5, width=8),
     {'photo_stream', 'aux_stream', 'sketch_stream', 'layer3', 'layer4'},
-    {'gem', 'bnneck', 'dag', 'mia', 'mia_bnneck'},
+    {'gem', 'style_gem', 'bnneck', 'dag', 'mia', 'mia_bnneck'},
   ),
   'dalnet_two_stream_3_private': (
     lambda: DALNet(num_classes=5, width=8, use_aux=False, use_mia=False, num_private_stages=3),

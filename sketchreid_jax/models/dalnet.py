@@ -181,7 +181,7 @@ class DALNet(nn.Module):
 
     Each stream (photo, sketch and, with ``use_aux``, aux) gets its own copy of conv1/bn1 and of
     the private stages layer1..layer{num_private_stages}; the shared stages come from the stages of
-    the same name. The DAG, GeM, both BNNecks (and classifiers) and MIA keep their fresh init.
+    the same name. The DAG, both GeMs, both BNNecks (and classifiers) and MIA keep their fresh init.
     """
     private = STAGE_NAMES[: self.num_private_stages]
     mapping = {}
