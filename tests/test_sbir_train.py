@@ -55,9 +55,9 @@ def test_training_batches_hold_k_sketches_of_one_photo_and_that_photo_k_times(
     assert (table.modality[sketch_rows] == 1).all()
 
 
-@pytest.mark.parametrize('spec', ['configs/dalnet.py:shoev2', 'configs/baseline.py:shoev2'])
-def test_sbir_presets_train_and_report_acc_at_k(spec, tiny_shoev2, tfds_cache, tmp_path):
-  config = _config(spec, tiny_shoev2, tfds_cache)
+def test_dalnet_shoev2_trains_and_reports_acc_at_k(tiny_shoev2, tfds_cache, tmp_path):
+  # (The baseline's SBIR preset trains in test_reproduce_runs_the_sbir_protocol.)
+  config = _config('configs/dalnet.py:shoev2', tiny_shoev2, tfds_cache)
   workdir = str(tmp_path / 'run')
   results = train.train_and_evaluate(config, workdir)
   with open(os.path.join(workdir, 'results.json')) as f:
