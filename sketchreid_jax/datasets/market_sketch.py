@@ -69,12 +69,11 @@ from sketchreid_jax.datasets.table import (
 )
 from sketchreid_jax.datasets.tfds_cache import (  # noqa: E402  (fingerprinted cache, shared)
   LocalCodePath,
+  build_and_read,
   cache_data_dir,
   image_examples,
   image_table_features,
   is_built,
-  quiet_tfds,
-  read_split,
 )
 
 STYLES: tuple[str, ...] = ("A", "B", "C", "D", "E", "F")
@@ -404,34 +403,9 @@ def load_market_sketch(
   data_dir = cache_data_dir(cache_dir, root, [r.path for r in records])
   # Before anything is written; a build of this fingerprint had its images checked already.
   checks.enforce(DATASET_NAME, root, found, images=not is_built(data_dir, MarketSketch1K))
-  with quiet_tfds():
-    builder = MarketSketch1K(data_dir=str(data_dir))
-    builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=str(root), try_download_gcs=False)
-    )
-    parts = [read_split(builder, split, read_batch) for split in SPLITS]
-  columns = {k: [v for part in parts for v in part[k]] for k in parts[0]}
-  if len(columns["pid"]) != len(records):
-    raise RuntimeError(
-      f"{data_dir}: the TFDS build holds {len(columns['pid'])} images but "
-      f"{root} has {len(records)}; delete {data_dir} and load again."
-    )
-  image = np.empty(len(records), dtype=object)
-  image[:] = columns["image"]
-  table_columns = dict(
-    image=image,
-    pid=np.asarray(columns["pid"], np.int32),
-    modality=np.asarray(columns["modality"], np.int8),
-    style=np.asarray(columns["style"], str),
-    split=np.asarray(columns["split"], str),
-    camid=np.asarray(columns["camid"], np.int32),
-    path=np.asarray(columns["path"], str),
+  table_columns = build_and_read(
+    MarketSketch1K, root, data_dir, num_images=len(records), splits=SPLITS, read_batch=read_batch
   )
-  split_rank = np.asarray([SPLITS.index(s) for s in table_columns["split"]])
-  order = np.lexsort(
-    (table_columns["path"], table_columns["style"], table_columns["modality"], split_rank)
-  )
-  table_columns = {k: v[order] for k, v in table_columns.items()}
 
   mat_path = root / ATTRIBUTE_FILE
   if mat_path.is_file():

@@ -57,7 +57,6 @@ from pathlib import Path
 
 from sketchreid_jax import tf_setup  # noqa: E402,F401  (hides GPUs from TF before TFDS loads it)
 
-import numpy as np  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
 from sketchreid_jax.datasets import checks  # noqa: E402
@@ -70,12 +69,11 @@ from sketchreid_jax.datasets.table import (  # noqa: E402
 )
 from sketchreid_jax.datasets.tfds_cache import (  # noqa: E402  (fingerprinted cache, shared)
   LocalCodePath,
+  build_and_read,
   cache_data_dir,
   image_examples,
   image_table_features,
   is_built,
-  quiet_tfds,
-  read_split,
 )
 
 DATASET_NAMES: tuple[str, ...] = ('qmul_shoev2', 'qmul_chairv2')
@@ -347,35 +345,11 @@ def load_qmul(
   data_dir = cache_data_dir(cache_dir, root, [r.path for r in records])
   # Before anything is written; a build of this fingerprint had its images checked already.
   checks.enforce(name, root, found, images=not is_built(data_dir, QMULSketch))
-  with quiet_tfds():
-    builder = QMULSketch(data_dir=str(data_dir))
-    builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=str(root), try_download_gcs=False)
-    )
-    parts = [read_split(builder, split, read_batch) for split in SPLITS]
-  columns = {k: [v for part in parts for v in part[k]] for k in parts[0]}
-  if len(columns['pid']) != len(records):
-    raise RuntimeError(
-      f'{data_dir}: the TFDS build holds {len(columns["pid"])} images but {root} has '
-      f'{len(records)}; delete {data_dir} and load again.'
-    )
-  image = np.empty(len(records), dtype=object)
-  image[:] = columns['image']
-  table_columns = dict(
-    image=image,
-    pid=np.asarray(columns['pid'], np.int32),
-    modality=np.asarray(columns['modality'], np.int8),
-    style=np.asarray(columns['style'], str),
-    split=np.asarray(columns['split'], str),
-    camid=np.asarray(columns['camid'], np.int32),
-    path=np.asarray(columns['path'], str),
-  )
-  split_rank = np.asarray([SPLITS.index(s) for s in table_columns['split']])
-  order = np.lexsort(
-    (table_columns['path'], table_columns['style'], table_columns['modality'], split_rank)
+  table_columns = build_and_read(
+    QMULSketch, root, data_dir, num_images=len(records), splits=SPLITS, read_batch=read_batch
   )
   return SampleTable(
-    **{k: v[order] for k, v in table_columns.items()},
+    **table_columns,
     attributes=None,
     attribute_names=(),
     root=str(root),

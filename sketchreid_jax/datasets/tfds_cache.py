@@ -133,3 +133,43 @@ def image_examples(root: Path, records: Sequence) -> Iterator[tuple[str, dict]]:
         "path": record.path,
       },
     )
+
+
+def build_and_read(
+  builder_class, root: Path, data_dir, *, num_images: int, splits, read_batch: int
+):
+  """Builds ``builder_class`` from ``root`` (once per fingerprint) and reads every split back.
+
+  Returns the table columns (image, pid, modality, style, split, camid, path) as typed numpy
+  arrays, in (split order, modality, style, path) order: stable across rebuilds and independent of
+  TFDS's record order. A build whose image count differs from ``num_images`` is an error naming
+  the folder to delete.
+  """
+  import numpy as np
+
+  with quiet_tfds():
+    builder = builder_class(data_dir=str(data_dir))
+    builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=str(root), try_download_gcs=False)
+    )
+    parts = [read_split(builder, split, read_batch) for split in splits]
+  columns = {k: [v for part in parts for v in part[k]] for k in parts[0]}
+  if len(columns['pid']) != num_images:
+    raise RuntimeError(
+      f'{data_dir}: the TFDS build holds {len(columns["pid"])} images but {root} has '
+      f'{num_images}; delete {data_dir} and load again.'
+    )
+  image = np.empty(num_images, dtype=object)
+  image[:] = columns['image']
+  table = dict(
+    image=image,
+    pid=np.asarray(columns['pid'], np.int32),
+    modality=np.asarray(columns['modality'], np.int8),
+    style=np.asarray(columns['style'], str),
+    split=np.asarray(columns['split'], str),
+    camid=np.asarray(columns['camid'], np.int32),
+    path=np.asarray(columns['path'], str),
+  )
+  split_rank = np.asarray([list(splits).index(s) for s in table['split']])
+  order = np.lexsort((table['path'], table['style'], table['modality'], split_rank))
+  return {k: v[order] for k, v in table.items()}
