@@ -1,5 +1,6 @@
 """Tests for the Market-Sketch-1K layout scan, TFDS build cache and loader (DESIGN §5)."""
 
+import concurrent.futures
 import io
 import os
 import re
@@ -149,6 +150,17 @@ def test_cache_reused_then_rebuilt_on_change(built, tmp_path):
   assert len({p.name for p in cache.iterdir()}) == 3
   i = int(np.flatnonzero(table.path == LAYOUT[0][0])[0])
   assert table.image[i] == edited.read_bytes()
+
+
+def test_two_loads_of_new_data_at_once_both_succeed(tmp_path):
+  # Two trainings started together on data nobody has built yet: the second waits for the
+  # first's build instead of failing in TFDS's rename of its 'incomplete.*' folder.
+  root, cache = tmp_path / "d", tmp_path / "cache"
+  write_layout(root)
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    tables = list(pool.map(lambda _: load_market_sketch(root, cache_dir=cache), range(2)))
+  np.testing.assert_array_equal(tables[0].path, tables[1].path)
+  assert len(tables[0].path) == len(LAYOUT)
 
 
 def test_missing_mat_warns_and_gives_none(tmp_path):

@@ -73,6 +73,7 @@ from sketchreid_jax.datasets.tfds_cache import (  # noqa: E402  (fingerprinted c
   image_examples,
   image_table_features,
   is_built,
+  prepare,
   quiet_tfds,
   read_split,
 )
@@ -522,10 +523,7 @@ def load_pku_sketch(
     trial=trial,
   )
   with quiet_tfds():
-    builder = PKUSketch(data_dir=str(data_dir))
-    builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=str(root), try_download_gcs=False)
-    )
+    builder = prepare(PKUSketch, root, data_dir)
     parts = [read_split(builder, split, read_batch) for split in TFDS_SPLITS]
   columns = {k: [v for part in parts for v in part[k]] for k in parts[0]}
   if len(columns["pid"]) != len(layout.images):

@@ -15,6 +15,7 @@ Interpretations chosen:
 """
 
 import contextlib
+import fcntl
 import hashlib
 import inspect
 import logging
@@ -88,6 +89,28 @@ def quiet_tfds() -> Iterator[None]:
     tfds.display_progress_bar(previous[2])
 
 
+def prepare(builder_class, root: Path, data_dir) -> "tfds.core.DatasetBuilder":
+  """``builder_class`` on ``data_dir``, built from the manual_dir ``root`` unless already built.
+
+  One process builds a fingerprint at a time (an exclusive lock on ``<data_dir>/.build.lock``):
+  TFDS writes into an ``incomplete.*`` folder and renames it at the end, so two trainings started
+  together on new data (``tools.reproduce --seeds``, several hosts on one file system) would
+  otherwise both build and the second rename would fail. The second waits, then finds the build.
+  """
+  Path(data_dir).mkdir(parents=True, exist_ok=True)
+  # Append mode: taking the lock must not touch the file (a cached load writes nothing).
+  with open(Path(data_dir) / ".build.lock", "a") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      builder = builder_class(data_dir=str(data_dir))
+      builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=str(root), try_download_gcs=False)
+      )
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
+  return builder
+
+
 def read_split(builder: tfds.core.DatasetBuilder, split: str, batch: int) -> dict[str, list]:
   """Every feature of ``split`` as lists (text decoded), in file order, plus ``split``."""
   features = builder.info.features
@@ -148,10 +171,7 @@ def build_and_read(
   import numpy as np
 
   with quiet_tfds():
-    builder = builder_class(data_dir=str(data_dir))
-    builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=str(root), try_download_gcs=False)
-    )
+    builder = prepare(builder_class, root, data_dir)
     parts = [read_split(builder, split, read_batch) for split in splits]
   columns = {k: [v for part in parts for v in part[k]] for k in parts[0]}
   if len(columns['pid']) != num_images:
