@@ -77,6 +77,31 @@ def test_gem_learnable_p_is_a_parameter_with_the_right_gradient():
   assert GeM(p=3.0).init(rbg_key(0), jnp.asarray(x)) == {}
 
 
+def test_gem_stays_finite_where_x_to_the_p_underflows():
+  # A learnable p grew past 6 in a from-scratch DALNet run; a dead channel (all x clamped to
+  # eps = 1e-6) then has eps^p = 0 in float32 and the direct formula's gradient is NaN.
+  x = np.abs(randn((2, 3, 3, 4), seed=4)) + 0.2
+  x[0, :, :, 1] = -1.0  # dead: GeM = eps for every p
+  x[1, :, :, 2] = 1e-5  # tiny: x^p underflows for p >= 9
+  x[1, 0, 0, 2] = 3.0  # ... except one position
+  gem = GeM(p=3.0, learnable=True)
+  for p in (3.0, 8.0, 20.0):
+    variables = {'params': {'p': jnp.asarray([p], jnp.float32)}}
+    got = gem.apply(variables, jnp.asarray(x))
+    np.testing.assert_allclose(got, numpy_gem(x.astype(np.float64), p), rtol=1e-5)
+    gx, gv = jax.grad(lambda x_, v: jnp.sum(gem.apply(v, x_)), argnums=(0, 1))(
+      jnp.asarray(x), variables
+    )
+    assert np.all(np.isfinite(gx)) and np.isfinite(float(gv['params']['p'][0]))
+    # d GeM / d x at the dead channel is 0 (the clamp), and the p-gradient matches float64.
+    assert np.all(np.asarray(gx)[0, :, :, 1] == 0)
+    h = 1e-4
+    fd = (
+      numpy_gem(x.astype(np.float64), p + h).sum() - numpy_gem(x.astype(np.float64), p - h).sum()
+    ) / (2 * h)
+    assert abs(float(gv['params']['p'][0]) - fd) < 1e-3 * max(1.0, abs(fd))
+
+
 def test_gem_computes_in_float32_and_rejects_bad_input():
   x = np.abs(randn((1, 2, 2, 3))) + 0.5
   out = GeM().apply({}, jnp.asarray(x, jnp.bfloat16))

@@ -45,10 +45,18 @@ def normal_around(mean: float, stddev: float) -> Callable[..., Array]:
 
 
 def gem_pool(x: Array, p: Array | float, *, eps: float) -> Array:
-  """GeM of an NHWC map over H×W: (mean_{hw} clamp(x, eps)^p)^(1/p), computed in float32."""
+  """GeM of an NHWC map over H×W: (mean_{hw} clamp(x, eps)^p)^(1/p), computed in float32.
+
+  Evaluated as m · (mean_{hw} (x/m)^p)^(1/p) with m the channel's maximum (held constant for
+  the gradient, which is exact because the expression does not depend on m). Written directly,
+  x^p underflows for a learnable p: a dead channel (every x clamped to eps = 1e-6) gives
+  eps^p = 0 in float32 once p > 6.3, and the backward pass of 0^(1/p) is inf · 0 = NaN. Here the
+  mean is at least 1/HW (the maximum contributes 1), so it never underflows.
+  """
   x = jnp.maximum(x.astype(jnp.float32), eps)
   p = jnp.asarray(p, jnp.float32)
-  return jnp.mean(x**p, axis=(1, 2)) ** (1.0 / p)
+  m = jax.lax.stop_gradient(jnp.max(x, axis=(1, 2), keepdims=True))
+  return m[:, 0, 0] * jnp.mean((x / m) ** p, axis=(1, 2)) ** (1.0 / p)
 
 
 class GeM(nn.Module):
