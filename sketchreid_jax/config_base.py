@@ -138,6 +138,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Top-level modules left out of that clip (their gradient is neither counted nor scaled), e.g.
   # BNNecks and classifiers that only the identity loss trains.
   c.optim.clip_exempt = ()
+  # Clip each loss term's gradient to grad_clip_norm on its own, then sum (one backward pass per
+  # term; train._per_term_clipped_grads says why), instead of one global clip of the sum.
+  c.optim.clip_per_term = False
 
   # Epoch-wise step schedule: lr·(e+1)/warmup_epochs during warm-up, then ×gamma at each milestone.
   c.schedule = ml_collections.ConfigDict()

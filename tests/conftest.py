@@ -19,6 +19,16 @@ jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def config_presets(name: str) -> dict:
+  """The PRESETS table of configs/<name>.py."""
+  import importlib.util
+
+  spec = importlib.util.spec_from_file_location(f'_presets_{name}', f'{REPO}/configs/{name}.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.PRESETS
+
+
 @pytest.fixture(scope='session')
 def tiny_market(tmp_path_factory):
   """Root of a tiny synthetic Market-Sketch-1K layout (the generator's 'tiny' preset)."""

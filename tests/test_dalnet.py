@@ -15,7 +15,7 @@ from sketchreid_jax import models, train
 from sketchreid_jax.config_base import load_config
 from sketchreid_jax.methods import get_method
 from tests import steps
-from tests.conftest import REPO
+from tests.conftest import REPO, config_presets
 
 TINY = steps.TINY_MODEL
 
@@ -74,6 +74,17 @@ def test_ablations_compute_exactly_their_terms(preset, terms, params):
   got = get_method('dalnet').losses_for(outputs, None, config)
   assert set(got) == terms
   assert all(bool(jnp.isfinite(v)) for _, v in got.values())
+
+
+def test_identity_only_rows_test_on_the_bnneck_output_and_circle_rows_on_pre_bn():
+  # The rule in configs/dalnet.py: a row trained by the identity loss alone retrieves with the
+  # feature that loss shapes (after the BNNeck); every row with a circle term with the pre-BN
+  # feature the circle terms train. Each term is clipped on its own whenever a clip is set.
+  for preset in config_presets('dalnet'):
+    config = _tiny(preset)
+    circles = config.loss.circle_cross_weight or config.loss.circle_intra_weight
+    assert config.eval.feature == ('feat' if circles else 'bn_feat'), preset
+    assert config.optim.clip_per_term, preset
 
 
 def _grads(config, term):
@@ -190,6 +201,34 @@ def test_intra_features_before_and_after_mia_are_of_one_kind():
   gem = np.asarray(outputs['streams']['photo']['feat'], np.float64)
   cos_one = gem.sum(1) / np.sqrt(gem.shape[1]) / np.linalg.norm(gem, axis=1)
   assert np.sqrt(1 - cos_one**2).max() < 1 - m
+
+
+def test_intra_feature_without_mia_is_the_layernormed_shared_map():
+  # Without MIA the intra-modal circle compares ln_feat: each position of the shared map
+  # normalised over channels (zero mean, unit variance, no scale or bias), then averaged. Its
+  # channel mean is 0, so the non-negative bound does not apply; the GeM features of one
+  # modality, which the row used before, start nearly parallel.
+  config = _tiny('ablation_intra', data__image_size=(64, 32))
+  batch = _batch(config)
+  model, variables, photos, sketches, kwargs = _init_and_apply(config, batch)
+  outputs = model.apply(variables, photos, sketches, train=False, **kwargs)
+  maps = model.apply(
+    variables,
+    photos,
+    method=lambda m, x: m._shared(m.photo_stream(x, train=False), train=False),
+  )
+  x = np.asarray(maps, np.float64)
+  mu, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+  want = ((x - mu) / np.sqrt(var + 1e-5)).mean((1, 2))
+  got = np.asarray(outputs['streams']['photo']['ln_feat'], np.float64)
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(got.sum(1), 0.0, atol=1e-4)
+  full, full_vars, *_ = _init_and_apply(_tiny('dag_style', data__image_size=(64, 32)), batch)
+  with_mia = full.apply(full_vars, photos, sketches, train=False, **kwargs)
+  assert 'ln_feat' not in with_mia['streams']['photo']  # MIA's pre/post take its place
+  gem = np.asarray(outputs['streams']['photo']['feat'], np.float64)
+  gem /= np.linalg.norm(gem, axis=1, keepdims=True)
+  assert (gem @ gem.T).min() > 0.5
 
 
 def test_frozen_dag_kernel_is_bitwise_unchanged_by_training(tiny_pku, tfds_cache, tmp_path):

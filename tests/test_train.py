@@ -191,6 +191,45 @@ def test_clip_exempt_modules_are_neither_counted_nor_scaled():
     train.make_optimizer(c, 1, params)
 
 
+def test_clip_per_term_clips_each_term_on_its_own():
+  """optim.clip_per_term: term t contributes g_t · min(1, c/‖g_t without exempt modules‖)."""
+  import jax
+  import jax.numpy as jnp
+
+  c = load_config(os.path.join(REPO, 'configs/baseline.py'))
+  c.optim.grad_clip_norm, c.optim.clip_per_term, c.optim.clip_exempt = 1.0, True, ('bnneck',)
+  params = {'layer1': {'w': jnp.array([1.0, 2.0])}, 'bnneck': {'b': jnp.array([0.5])}}
+
+  def forward(p):
+    return {'x': p['layer1']['w'], 'y': p['bnneck']['b'], 'label': jnp.int32(3)}, {'s': 1}
+
+  def terms_fn(out):
+    # a: gradient (30, 40) on w, ‖·‖ = 50 → scaled by 1/50; b (weight 2): (4, 8) on w,
+    # ‖·‖ = √80 → scaled by 1/√80, and 2·y on b = 2, exempt, unscaled.
+    return {'a': (1.0, 30.0 * out['x'][0] + 40.0 * out['x'][1]), 'b': (2.0, jnp.sum(out['x'] ** 2) + out['y'][0])}
+
+  grads, batch_stats, metrics = jax.vmap(
+    lambda _: train._per_term_clipped_grads(forward, params, terms_fn, c.optim),
+    axis_name=parallel.AXIS,
+  )(jnp.zeros(1))
+  g_a, g_b = np.array([30.0, 40.0]) / 50.0, np.array([4.0, 8.0]) / np.sqrt(80.0)
+  np.testing.assert_allclose(grads['layer1']['w'][0], g_a + g_b, rtol=1e-6)
+  np.testing.assert_allclose(grads['bnneck']['b'][0], [2.0], rtol=1e-6)
+  assert batch_stats == {'s': 1}
+  np.testing.assert_allclose(metrics['grad_norm/a'][0], 50.0, rtol=1e-6)
+  np.testing.assert_allclose(metrics['grad_norm/b'][0], np.sqrt(80.0), rtol=1e-6)
+  np.testing.assert_allclose(metrics['loss'][0], 30 + 80 + 2 * (5 + 0.5), rtol=1e-6)
+  raw = np.array([30.0 + 4.0, 40.0 + 8.0, 2.0])
+  np.testing.assert_allclose(metrics['grad_norm'][0], np.linalg.norm(raw), rtol=1e-6)
+  # The optimiser then applies no second, global clip: plain SGD moves w by lr · g.
+  c.optim.momentum, c.optim.nesterov, c.optim.weight_decay = 0.0, False, 0.0
+  c.optim.backbone_lr_mult, c.schedule.warmup_epochs = 1.0, 1
+  tx = train.make_optimizer(c, 1, params)
+  big = {'layer1': {'w': jnp.array([30.0, 40.0])}, 'bnneck': {'b': jnp.zeros(1)}}
+  updates, _ = tx.update(big, tx.init(params), params)
+  np.testing.assert_allclose(updates['layer1']['w'], -c.optim.lr * np.array([30.0, 40.0]), rtol=1e-6)
+
+
 def test_frozen_parameters_get_no_update_of_any_kind():
   """A frozen path keeps its value under weight decay and momentum, even with a gradient."""
   import jax.numpy as jnp

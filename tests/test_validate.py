@@ -9,16 +9,9 @@ import pytest
 
 from sketchreid_jax import validate
 from sketchreid_jax.config_base import ConfigError, load_config
-from tests.conftest import REPO
+from tests.conftest import REPO, config_presets
 
 CONFIGS = ('baseline', 'cmdsl', 'dalnet', 'demo')
-
-
-def _presets(name):
-  spec = importlib.util.spec_from_file_location(f'_presets_{name}', f'{REPO}/configs/{name}.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.PRESETS
 
 
 def _config(spec='demo.py:tiny', **overrides):
@@ -35,7 +28,7 @@ def _refused(config, workdir, match, **kw) -> str:
 
 @pytest.mark.parametrize('name', CONFIGS)
 def test_every_preset_of_every_config_passes(name, tmp_path):
-  for preset in [''] + sorted(_presets(name)):
+  for preset in [''] + sorted(config_presets(name)):
     config = _config(f'{name}.py:{preset}' if preset else f'{name}.py')
     validate.validate(config, str(tmp_path), num_devices=1, num_processes=1)
 
@@ -96,7 +89,7 @@ def test_unknown_preset_lists_the_known_ones():
     message = str(error.value)
     assert '\n' not in message and "unknown preset 'no_such_preset'" in message
     listed = message.split('this config has: ')[1].split(', ')
-    assert listed == sorted(_presets(name))
+    assert listed == sorted(config_presets(name))
 
 
 def test_unknown_method_and_enumerations(tmp_path):

@@ -21,23 +21,28 @@ not computed.) The seed lost its formula images, so the choices are ours and sta
   negatives: the ``loss.circle_hard_negatives`` most similar other identities), for photo and
   sketch (``losses.circle_intra``). Both sides are mean-pooled LayerNorm outputs of the same
   LayerNorm (``models/dalnet.py`` says why the GeM feature cannot be the anchor). Without MIA
-  (DALNet Table 1's row before MIA is added) each photo or sketch feature is the anchor and the
-  other features of its modality the candidates (itself excluded), with the same hard-negative
-  mining: the seed defines the term by its "most easily confused different-identity pairs" and
-  names sketches and photos, not the auxiliary images, so the row keeps both in either form.
-* Scale (``optim.clip_exempt``, ``loss.circle_scale``). With γ = 64 the circle terms' gradients
-  at init, from scratch (width 8, 96×48), had global norms of 340 (cross-modal) and 12,600
-  (intra-modal) against 12 for the identity losses. From scratch a clip is needed
-  (``optim.grad_clip_norm``; without one SGD diverged), and a single global clip then scaled every
-  update by the circle terms' norm, the BNNecks' and classifiers' included: the identity loss sat
-  at chance for 12 epochs. Those heads, which only the identity losses train, are therefore left
-  out of the clip (``optim.clip_exempt``, set by ``configs/dalnet.py``); on the synthetic ablation
-  (seed 0) the cross-modal row then reached single-query mAP 14.4 against 9.6 before. Dividing the
-  circle terms by γ (``circle_scale='gamma'``) was measured too and is not the default: every
-  gradient stays small, but the terms then sat for all 12 epochs at their stationary point where
-  every pair has s ≈ 0.5 (28.7 per modality pair = γ((1 − s)² + s² − 2m²) + log(P·Q)) and stopped
-  contributing: mAP 6.8 (cross-modal row) and 6.3 (full model) against 14.4 and 11.0 with the
-  loss as written. The paper presets clip nothing, so an ImageNet-initialised run is unchanged.
+  (DALNet Table 1's row before MIA is added) each photo or sketch is the anchor and the other
+  samples of its modality the candidates (itself excluded), with the same hard-negative mining, on
+  the same kind of feature: the shared map through a LayerNorm, mean-pooled (``ln_feat``). The
+  seed defines the term by its "most easily confused different-identity pairs" and names sketches
+  and photos, not the auxiliary images, so the row keeps both in either form.
+* Scale (``optim.clip_per_term``, ``optim.clip_exempt``, ``loss.circle_scale``). With γ = 64 the
+  circle terms' gradients at init, from scratch (width 8, 96×48), had norms of about 210
+  (cross-modal) and 300 (intra-modal) against 4 for the identity loss, over the backbone. From
+  scratch a clip is needed (``optim.grad_clip_norm``; without one SGD diverged), and one global
+  clip of the sum scaled the identity loss's share of every update down 40–60×: in the synthetic
+  ablation (seed 0) the row with both circle terms kept the identity loss at chance for all 12
+  epochs. ``configs/dalnet.py`` therefore clips each term on its own (``clip_per_term``: each
+  term's gradient to norm ≤ grad_clip_norm, then the sum; ``train._per_term_clipped_grads``),
+  and leaves the BNNecks and classifiers, which only the identity losses train, outside any clip
+  (``clip_exempt``). Measured on the same command, seed 0, single-query mAP: cross-modal row 14.9
+  per term against 13.7 with one global clip; intra-modal row (with its LayerNorm feature) 10.1
+  per term. Dividing the circle terms by γ (``circle_scale='gamma'``) was measured too and is not
+  the default: every gradient stays small, but the terms then sat for all 12 epochs at their
+  stationary point where every pair has s ≈ 0.5 (28.7 per modality pair = γ((1 − s)² + s² − 2m²)
+  + log(P·Q)) and stopped contributing: mAP 6.8 (cross-modal row) and 6.3 (full model) against
+  14.4 and 11.0 with the loss as written. The paper presets clip nothing (``grad_clip_norm=0``),
+  so both switches are idle in an ImageNet-initialised run.
 * Style refinement (InfoNCE, τ = 0.07) is computed on each device's own batch: anchor = aux
   stream's pooled layer-2 feature, the positive = the sketch of the same row (same identity by
   the batch layout), negatives = every photo of that batch; sketch and photo sides are
@@ -121,7 +126,7 @@ def losses_for(outputs, batch, config):
   if c.circle_intra_weight:
     # Before/after MIA with it; without it each feature against the others of its modality.
     pairs = {
-      k: (mia[k]['pre'], mia[k]['feat']) if mia else (streams[k]['feat'],) * 2 for k in INTRA
+      k: (mia[k]['pre'], mia[k]['feat']) if mia else (streams[k]['ln_feat'],) * 2 for k in INTRA
     }
     intra = sum(
       circle_intra(

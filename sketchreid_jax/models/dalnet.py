@@ -32,6 +32,15 @@ Interpretations chosen:
   the unrefined shared map X_t through the *same* LayerNorm as X̂_t (ACA's ``norm``), mean-pooled
   like X̂_t: pre and post then differ only by what MIA adds (BAM's gate and the attention round
   trip), and pre = post is reachable.
+* Without MIA, the intra-modal circle compares ``out['streams'][t]['ln_feat']``: the shared map
+  through a parameter-free LayerNorm over channels (ACA's LayerNorm at its initialisation, scale
+  1 and bias 0) and mean-pooled, the same kind of feature as MIA's pre/post pair. The GeM feature
+  cannot serve there either: within one modality every pair of non-negative GeM features starts
+  at cos ≈ 0.93 (width 8, from scratch), and a circle term asking other identities for cos ≤ m
+  can only be met by making the features sparse (GeM's p rose from 3 to 7.7 in 12 epochs). On the
+  synthetic ablation (seed 0, chance 2.4) that row's single-query mAP was 2.4 on the GeM feature
+  with one global clip and 4.2 with ``optim.clip_per_term``; on this feature 2.8 with one global
+  clip and 10.1 with ``clip_per_term`` (``methods/dalnet.py``, "Scale").
 * Heads: one shared BNNeck (+ classifier) for the three shared-backbone features; a second BNNeck
   ``mia_bnneck`` for the two MIA outputs (their distribution differs: LayerNorm then mean).
 * MIA is training only (a sketch query has no paired auxiliary); ``extract`` runs a modality's
@@ -42,7 +51,8 @@ Interpretations chosen:
 
 Outputs of ``__call__`` (rows of each entry are this device's N samples of one modality)::
 
-    {'streams': {'photo'|'aux'|'sketch': {'feat', 'bn_feat', 'logits', 'label'}},
+    {'streams': {'photo'|'aux'|'sketch': {'feat', 'bn_feat', 'logits', 'label',
+                                          'ln_feat' (without MIA)}},
      'mia':     {'photo'|'sketch': {'feat', 'pre', 'bn_feat', 'logits', 'label'}},  # use_mia
      'style':   {'anchor' (aux), 'positive' (sketch), 'negatives' (photo)},      # use_aux
      'aux_images': the DAG output (N, H, W, 3)}                                  # use_aux
@@ -173,6 +183,10 @@ class DALNet(nn.Module):
     if self.use_mia:
       self.mia = MIA(reduction=self.mia_reduction)
       self.mia_bnneck = BNNeck(**neck)
+    else:  # the intra-modal circle's feature without MIA: ACA's LayerNorm at its init
+      self.intra_norm = nn.LayerNorm(
+        epsilon=1e-5, use_bias=False, use_scale=False, use_fast_variance=False, dtype=jnp.float32
+      )
 
   @nn.nowrap
   def resnet50_init_map(self) -> dict[str, str]:
@@ -258,6 +272,9 @@ class DALNet(nn.Module):
     )
     split = {key: jnp.split(v, len(names)) for key, v in heads.items()}
     out['streams'] = {k: {key: split[key][i] for key in split} for i, k in enumerate(names)}
+    if not self.use_mia:
+      for k in names:
+        out['streams'][k]['ln_feat'] = self.intra_norm(maps[k].astype(jnp.float32)).mean((1, 2))
     if self.use_mia:
       photo_hat, sketch_hat, photo_pre, sketch_pre = self.mia(
         maps['photo'], maps['aux'], maps['sketch'], references=True
