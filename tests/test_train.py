@@ -221,6 +221,15 @@ def test_clip_per_term_clips_each_term_on_its_own():
   np.testing.assert_allclose(metrics['loss'][0], 30 + 80 + 2 * (5 + 0.5), rtol=1e-6)
   raw = np.array([30.0 + 4.0, 40.0 + 8.0, 2.0])
   np.testing.assert_allclose(metrics['grad_norm'][0], np.linalg.norm(raw), rtol=1e-6)
+  # Over devices the clip acts on the device mean: (60, 0) and (0, 80) average to (30, 40),
+  # ‖·‖ = 50, so (0.6, 0.8); clipping each device first would give (0.5, 0.5).
+  two, _, _ = jax.vmap(
+    lambda d: train._per_term_clipped_grads(
+      forward, params, lambda out: {'a': (1.0, 60 * (1 - d) * out['x'][0] + 80 * d * out['x'][1])}, c.optim
+    ),
+    axis_name=parallel.AXIS,
+  )(jnp.array([0.0, 1.0]))
+  np.testing.assert_allclose(two['layer1']['w'], [[0.6, 0.8]] * 2, rtol=1e-6)
   # The optimiser then applies no second, global clip: plain SGD moves w by lr · g.
   c.optim.momentum, c.optim.nesterov, c.optim.weight_decay = 0.0, False, 0.0
   c.optim.backbone_lr_mult, c.schedule.warmup_epochs = 1.0, 1
