@@ -130,8 +130,7 @@ PRESETS = {
 
 
 def get_config(preset: str = 'market_mq'):
-  c = base_config()
-  c.method = 'cmdsl'
+  c = base_config('cmdsl')
   c.seed = 0
   c.data.image_size = (288, 144)
   c.data.random_erasing = 0.5  # CMDSL §4.1: horizontal flipping and random erasing

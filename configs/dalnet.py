@@ -116,8 +116,7 @@ PRESETS |= {
 
 
 def get_config(preset: str = 'pku'):
-  c = base_config()
-  c.method = 'dalnet'
+  c = base_config('dalnet')
   c.seed = 0
   c.data.image_size = (288, 144)
   c.data.mask_source = 'auto'

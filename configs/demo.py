@@ -33,8 +33,7 @@ PRESETS = {
 
 
 def get_config(preset: str = ''):
-  c = base_config()
-  c.method = 'baseline'
+  c = base_config('baseline')
   c.data.root = 'data/synthetic/market_sketch'
   c.data.train_styles = 'ABCDEF'
   c.data.test_styles = 'ABCDEF'

@@ -1,9 +1,14 @@
-"""The one place where every configuration key is defined, with its default and its meaning.
+"""The configuration keys every method reads, with their defaults and meanings.
 
-Method configs (``configs/*.py``) start from :func:`base_config` and change what their method needs;
-they never invent keys (configs are locked, so a typo in ``--config.train.epoch=5`` is an error rather
-than a silently ignored setting). Defaults follow the MM'23 baseline (DESIGN §4).
+``base_config(method)`` is these common keys plus the method's own (``Method.config`` in
+``methods/<method>.py`` defines them, with defaults and meanings), so a run's resolved config holds
+only keys its method reads. Config files (``configs/*.py``) start from it and change what their
+preset needs; they never invent keys (configs are locked, so a typo in ``--config.train.epoch=5``
+is an error rather than a silently ignored setting). Defaults follow the MM'23 baseline
+(docs/design.md §4).
 """
+
+import warnings
 
 import ml_collections
 
@@ -15,9 +20,21 @@ class ConfigError(ValueError):
   """
 
 
-def base_config() -> ml_collections.ConfigDict:
+def base_config(method: str = 'baseline') -> ml_collections.ConfigDict:
+  """The common keys plus ``method``'s own (``methods.get_method(method).config``)."""
+  from sketchreid_jax.methods import get_method  # the methods import models: load on use
+
+  c = common_config()
+  c.method = method
+  get_method(method).config(c)
+  return c
+
+
+def common_config() -> ml_collections.ConfigDict:
+  """The keys every method reads (training, data, evaluation, the ResNet-50 streams)."""
   c = ml_collections.ConfigDict()
-  c.method = 'baseline'  # key of sketchreid_jax.methods.METHODS
+  # A module of sketchreid_jax.methods ('baseline', 'cmdsl', 'dalnet') or a dotted module path.
+  c.method = 'baseline'
   c.seed = 0  # model init, P×K plan and augmentation all derive from it
 
   c.data = ml_collections.ConfigDict()
@@ -41,13 +58,6 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.resize_antialias = False
   c.data.prefetch = 2  # batches prefetched by tf.data and to the device
   c.data.threads = 0  # tf.data thread-pool size; 0 = TF's default (all cores)
-  c.data.attribute_noise = 0  # CMDSL Table 7: corrupt this many of the 27 attributes per identity
-  # DALNet's foreground masks (DESIGN §4 "DAG"): 'none' | 'precomputed' (read
-  # <root>/masks/<mask_set>/..., made by tools.precompute_masks) | 'u2net' (run the frozen U²-Net
-  # in the step; needs model.u2net_weights) | 'auto' ('precomputed' when <root>/masks/<mask_set>
-  # exists, else 'none' with a warning).
-  c.data.mask_source = 'none'
-  c.data.mask_set = 'u2netp'  # which U²-Net made (or makes) the masks: 'u2netp' or 'u2net'
 
   c.sampler = ml_collections.ConfigDict()
   c.sampler.P = 8  # identities per batch
@@ -72,57 +82,10 @@ def base_config() -> ml_collections.ConfigDict:
   # holds the identity's whole set of training sketches, independently augmented, fused at the
   # stem (mean of the stem maps; models/fusion.py). Baseline and CMDSL only.
   c.model.sketch_fusion = False
-  # The release's Non-local block on each fused stem map (models/nonlocal_block.py).
-  c.model.fusion_nonlocal = False
-  c.model.ffam_stages = ()  # CMDSL: stages followed by an FFAM, e.g. ('layer1', ..., 'layer4')
-  c.model.ffam_reduction = 16  # FFAM channel-attention reduction r (Eq. 3)
-  # DALNet (seed 003). Tables 1–2 ablate these.
-  c.model.use_aux = True  # the DAG auxiliary modality and its stream
-  c.model.use_mia = True  # Modality Interactive Attention (BAM + ACA), training only
-  c.model.mia_reduction = 16  # BAM bottleneck C -> C/r (the seed's r was lost; SE-style 16)
-  c.model.dag_trainable = True  # Table 2: the DAG's 3×3 edge kernel trains (False = frozen)
-  c.model.dag_center = 9.0  # initial edge kernel: centre
-  c.model.dag_neighbour = -0.8  # initial edge kernel: the eight neighbours
-  c.model.num_private_stages = 2  # per-modality stem + layer1..layerN; the rest is shared
-  # Converted U²-Net weights for data.mask_source='u2net' ('' = pretrained/<data.mask_set>.msgpack,
-  # made by tools.convert_weights) and the frozen net's input size (official: 320×320).
-  c.model.u2net_weights = ''
-  c.model.u2net_size = (320, 320)
 
   c.loss = ml_collections.ConfigDict()
   c.loss.id_weight = 1.0  # identity cross-entropy on the BNNeck logits
   c.loss.label_smoothing = 0.0
-  c.loss.metric = 'wrt'  # 'wrt' (weighted regularised triplet) or 'batch_hard'
-  c.loss.metric_weight = 1.0
-  c.loss.triplet_margin = 0.3  # batch-hard margin (unused by WRT, which has none)
-  # WRT softmax max-shift: 'set' (over each positive/negative set) or 'reference' (over the whole
-  # row, as the released code; losses/triplet.py explains the difference).
-  c.loss.wrt_shift = 'set'
-  c.loss.rtcl_weight = 0.0  # λ2 of CMDSL Eq. 13 (0.9 in the paper); 0 = off
-  c.loss.cmalign_ic_weight = 0.0  # λ1 on L_ic (CMDSL: 0.5; the released MM'23 code: 0)
-  c.loss.cmalign_dt_weight = 0.0  # λ1 on L_dt (0.5 in both)
-  c.loss.cmalign_layers = ('layer3', 'layer4')  # maps aligned by CMAlign
-  c.loss.cmalign_temperature = 50.0  # softmax temperature of the dense correspondence
-  c.loss.cmalign_margin = 0.3  # L_dt margin
-  c.loss.cmalign_mask = 'norm'  # 'norm' (feature-norm mask) or 'attribute' (MM'23 attribute map)
-  # DALNet losses. The seed lost its weight values; each term defaults to 1 (the text calls the
-  # total "the sum" of the terms). Circle m and γ: Sun et al.'s defaults (DESIGN §4).
-  c.loss.mia_id_weight = 1.0  # identity CE on the two MIA outputs (the seed's second L_id part)
-  c.loss.circle_cross_weight = (
-    0.0  # cross-modal circle over (photo,sketch),(photo,aux),(aux,sketch)
-  )
-  c.loss.circle_intra_weight = 0.0  # intra-modal circle (pre/post-MIA positives, hard negatives)
-  c.loss.circle_margin = 0.25  # m
-  c.loss.circle_gamma = 64.0  # γ
-  c.loss.circle_hard_negatives = (
-    1  # intra-modal: hardest other-identity samples per anchor; 0 = all
-  )
-  # Circle terms' scale: 'none' = as written, 'gamma' = divided by γ (measured and rejected as the
-  # default: methods/dalnet.py).
-  c.loss.circle_scale = 'none'
-  c.loss.circle_cross_symmetric = True  # cross-modal circle anchored in both modalities (mean)
-  c.loss.style_weight = 0.0  # style refinement InfoNCE (DAG kernels + aux stream only)
-  c.loss.style_temperature = 0.07  # τ (the seed's experimental details)
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = 'sgd'  # 'sgd' (the papers: Nesterov momentum) or 'adamw' (from-scratch runs)
@@ -139,7 +102,7 @@ def base_config() -> ml_collections.ConfigDict:
   # BNNecks and classifiers that only the identity loss trains.
   c.optim.clip_exempt = ()
   # Clip each loss term's gradient to grad_clip_norm on its own, then sum (one backward pass per
-  # term; train._per_term_clipped_grads says why), instead of one global clip of the sum.
+  # term; optim.per_term_clipped_grads says why), instead of one global clip of the sum.
   c.optim.clip_per_term = False
 
   # Epoch-wise step schedule: lr·(e+1)/warmup_epochs during warm-up, then ×gamma at each milestone.
@@ -235,14 +198,22 @@ QMUL_CHAIRV2 = _qmul('qmul_chairv2')
 
 
 def with_preset(
-  config: ml_collections.ConfigDict, preset: str | None, presets: dict
+  config: ml_collections.ConfigDict, preset: str | None, presets: dict, aliases: dict | None = None
 ) -> ml_collections.ConfigDict:
   """Applies ``presets[preset]`` (a dict of dotted keys → values) to ``config``.
 
-  Presets are flat dicts of overrides so that a reader sees in one place what a paper setting changes.
+  Presets are flat dicts of overrides so that a reader sees in one place what a paper setting
+  changes. ``aliases`` maps old preset names to current ones; an old name works and warns.
   """
   if not preset:
     return config
+  if aliases and preset in aliases:
+    warnings.warn(
+      f'preset {preset!r} is now called {aliases[preset]!r}; the old name will be removed.',
+      FutureWarning,
+      stacklevel=3,
+    )
+    preset = aliases[preset]
   if preset not in presets:
     raise ConfigError(
       f'unknown preset {preset!r}; this config has: {", ".join(sorted(presets)) or "none"}'

@@ -7,10 +7,11 @@ turns image files or uint8 arrays into the embeddings the evaluation ranks with.
 
 Interpretations chosen:
 
-* The config is ``config_base.base_config()`` updated key by key from ``config.json``, so every
-  value keeps the type the code expects (JSON lists become the config's tuples). A key that
-  ``base_config`` does not know means the workdir was written by another version of the code: an
-  error names the key and the file rather than guessing.
+* The config is ``config_base.base_config(method)`` updated key by key from ``config.json``, so
+  every value keeps the type the code expects (JSON lists become the config's tuples). Workdirs
+  written before each method owned its keys hold every method's keys: those of another method
+  (which this run never read) are dropped. Any other unknown key means the workdir was written by
+  another version of the code: an error names the key and the file rather than guessing.
 * ``which='best'`` loads the checkpoint with the best mAP (``best/``) and falls back, with a
   warning, to the latest one when no evaluation has run yet (as ``train.evaluate_workdir`` does);
   ``which='latest'`` loads ``checkpoints/``. Only ``params`` and ``batch_stats`` are read (a partial
@@ -63,7 +64,7 @@ log = logging.getLogger(__name__)
 PHOTO, SKETCH = evaluate_lib.PHOTO, evaluate_lib.SKETCH
 # What ``modality=`` accepts: the names, or the evaluation's ints.
 MODALITIES = {'photo': PHOTO, 'sketch': SKETCH, PHOTO: PHOTO, SKETCH: SKETCH}
-# checkpoint kind -> sub-folder of the workdir (train._checkpoint_managers)
+# checkpoint kind -> sub-folder of the workdir (checkpoints.managers)
 CHECKPOINT_DIRS = {'best': 'best', 'latest': 'checkpoints'}
 
 
@@ -82,11 +83,13 @@ class Trained:
 
 
 def config_from_json(path: str) -> ml_collections.ConfigDict:
-  """``base_config()`` updated from a ``config.json`` written by ``train._write_meta``."""
+  """``base_config(method)`` updated from a ``config.json`` written by ``train._write_meta``."""
   with open(path) as f:
     values = json.load(f)
-  config = base_config()
+  config = base_config(values.get('method', 'baseline'))
   flat = _flatten_into(config, values, '')
+  others = _other_methods_keys(config)
+  flat = {k: v for k, v in flat.items() if k not in others}
   try:
     return set_keys(config, flat, where=path)
   except KeyError as err:
@@ -94,6 +97,18 @@ def config_from_json(path: str) -> ml_collections.ConfigDict:
       f'{err.args[0]}: {path} was written by another version of sketchreid_jax; remove that key '
       'from the file or use the version that trained it.'
     ) from None
+
+
+def _other_methods_keys(config) -> set[str]:
+  """Keys that only other built-in methods define (old config.json files hold them all)."""
+  from sketchreid_jax.methods import builtin_names
+
+  mine = set(_flatten_into(config, config.to_dict(), ''))
+  keys = set()
+  for name in builtin_names():
+    other = base_config(name)
+    keys |= set(_flatten_into(other, other.to_dict(), ''))
+  return keys - mine
 
 
 def _flatten_into(node, values: dict, prefix: str) -> dict:

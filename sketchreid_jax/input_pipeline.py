@@ -760,3 +760,28 @@ def make_eval_set(table: SampleTable, test_styles: str, *, multi_query: bool) ->
     query_groups=groups,
     group_pids=group_pids,
   )
+
+
+def train_batches(
+  config, table: SampleTable, train_set: TrainSet, plan: np.ndarray, *, epoch: int,
+  start_step: int = 0, masks=None, process_index: int = 0,
+) -> Iterator[dict[str, np.ndarray]]:
+  """:func:`train_iterator` with its settings read from ``config`` (its data and seed)."""
+  d = config.data
+  return train_iterator(
+    table,
+    train_set,
+    plan=plan,
+    image_size=tuple(d.image_size),
+    pad=d.pad,
+    flip=d.flip,
+    random_erasing=d.random_erasing,
+    seed=config.seed,
+    epoch=epoch,
+    start_step=start_step,
+    prefetch=d.prefetch,
+    threads=d.threads,
+    process_index=process_index,
+    masks=masks,
+    sketch_sets=bool(config.model.sketch_fusion),
+  )

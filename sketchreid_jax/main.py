@@ -1,6 +1,6 @@
 r"""Command-line entry point: train and evaluate, or evaluate a trained workdir.
 
-  python -m sketchreid_jax.main --config=configs/baseline.py:market_sketch_mq --workdir=runs/mq \
+  python -m sketchreid_jax.main --config=configs/baseline.py:market_mq --workdir=runs/mq \
       [--config.train.epochs=5 ...] [--mode=train|evaluate]
 
 ``--config`` names an ml_collections config file, optionally followed by ``:preset``; any key can be

@@ -1,36 +1,26 @@
-"""Training: ``train_and_evaluate(config, workdir)`` and the small pure pieces it is made of.
+"""Training: ``train_and_evaluate(config, workdir)``: the train state, the step and the loop.
 
-This is the only module that wires a model, its losses and the optimiser together, through the
-method registry (``sketchreid_jax.methods``). The per-device step :func:`train_step` is written once;
-``parallel.make_launcher`` compiles it for all devices (DESIGN §6).
+This is the only module that wires a model, its losses and the optimiser (``optim.py``) together,
+through the method registry (``sketchreid_jax.methods``). The per-device step :func:`train_step`
+is written once; ``parallel.make_launcher`` compiles it for all devices (docs/design.md §6).
 
-Workdir contents: ``config.json``, ``train_meta.json`` (label ↔ identity map, steps per epoch),
-``checkpoints/`` (latest, orbax), ``best/`` (best by mAP), TensorBoard event files, and after each
-evaluation ``results.{json,csv,md}`` and ``cmc.png``.
+Determinism: everything a step depends on is a function of (seed, epoch, step) or is in the
+checkpoint (``checkpoints.py``): the P×K plan of an epoch, each image's augmentation, the step's
+random keys (``fold_in(seed, step)``), params, optimiser and BatchNorm state. A resumed run
+therefore computes the same steps as an uninterrupted one (bitwise on CPU).
 
-Resumption and faults (the choices made):
-
-* A run resumes from the newest restorable step of ``checkpoints/``. Everything a step depends on is
-  a function of (seed, epoch, step) or is in the checkpoint: the P×K plan of an epoch, each image's
-  augmentation, the step's random keys (``fold_in(seed, step)``), params, optimiser and BatchNorm
-  state. A resumed run therefore computes the same steps as an uninterrupted one (bitwise on CPU).
-* A step folder that does not restore (unreadable or missing files, or non-finite arrays) while an
-  older one does is moved aside to ``checkpoints/corrupt-<step>/`` (nothing is deleted) and the run
-  resumes from the older step with a warning. If no step restores, nothing is moved and the error
-  says so (most often the config changed since the run started).
-* Non-finite values: the step computes, without a host round trip, one verdict from its averaged
-  loss terms, total loss and gradient norm; a non-finite step is not applied (params, optimiser
-  state and BatchNorm statistics keep their previous values, only the step counter advances so that
-  the data and random keys stay aligned with it) and reports ``skipped = 1``. The host reads the
-  metrics of every step before each checkpoint save and at each log step: with
-  ``train.on_nonfinite='stop'`` (default) the first such step stops training with an error naming
-  it and its non-finite terms before anything later is saved; with ``'skip'`` training goes on and a
-  warning lists the skipped steps. A skipped step does not advance the optimiser's own step count.
+Non-finite values: the step computes, without a host round trip, one verdict from its averaged
+loss terms, total loss and gradient norm; a non-finite step is not applied (params, optimiser
+state and BatchNorm statistics keep their previous values, only the step counter advances so that
+the data and random keys stay aligned with it) and reports ``skipped = 1``. The host reads the
+metrics of every step before each checkpoint save and at each log step: with
+``train.on_nonfinite='stop'`` (default) the first such step stops training with an error naming
+it and its non-finite terms before anything later is saved; with ``'skip'`` training goes on and a
+warning lists the skipped steps. A skipped step does not advance the optimiser's own step count.
 """
 
 import dataclasses
 import functools
-import gc
 import json
 import logging
 import os
@@ -46,15 +36,14 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from clu import metric_writers
-from flax import traverse_util
 from flax.training import train_state
 from tqdm.auto import tqdm
 
+from sketchreid_jax import checkpoints
 from sketchreid_jax import datasets
-from sketchreid_jax.datasets import attributes as attributes_lib
-from sketchreid_jax.datasets import masks as masks_lib
 from sketchreid_jax import evaluate as evaluate_lib
 from sketchreid_jax import input_pipeline
+from sketchreid_jax import optim
 from sketchreid_jax import parallel
 from sketchreid_jax import validate as validate_lib
 from sketchreid_jax.evaluation.selection import Selection
@@ -62,120 +51,10 @@ from sketchreid_jax.methods import Method, get_method
 from sketchreid_jax.weights import pretrained
 
 log = logging.getLogger(__name__)
-
-
 class TrainState(train_state.TrainState):
   batch_stats: Any = None
   # Variables of frozen networks the step runs (``Method.frozen_for``); never updated or saved.
   frozen: Any = None
-
-
-# ----------------------------------------------------------------------------- optimiser
-
-
-def lr_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int, base_lr: float):
-  """The epoch-wise step schedule of DESIGN §4 as a function of the global step.
-
-  For epoch e: base·(e+1)/warmup for e < warmup, then base × gamma^(number of milestones ≤ e).
-  """
-  s = config.schedule
-  milestones = jnp.asarray(s.milestones, jnp.int32)
-
-  def schedule(step):
-    epoch = step // steps_per_epoch
-    warm = jnp.minimum((epoch + 1) / max(s.warmup_epochs, 1), 1.0)
-    decay = s.gamma ** jnp.sum(epoch >= milestones)
-    return base_lr * warm * decay
-
-  return schedule
-
-
-def param_groups(params, head_modules, frozen_paths=()) -> Any:
-  """Labels each parameter 'head' (full lr), 'backbone' (lr × backbone_lr_mult) or 'frozen'.
-
-  ``frozen_paths`` are '/'-joined parameter paths (or path prefixes) that must not change at all
-  (``Method.frozen_params``): a stopped gradient is not enough, since coupled weight decay and
-  momentum would still move them, so their group's transformation is ``optax.set_to_zero``.
-  """
-  present = [m for m in head_modules if m in params]
-  if not present:
-    raise ValueError(
-      f'config.optim.head_modules={tuple(head_modules)} matches none of the model\'s '
-      f'parameter collections {sorted(params)}'
-    )
-  flat = traverse_util.flatten_dict(params, sep='/')
-  unmatched = [f for f in frozen_paths if not any(_under(k, f) for k in flat)]
-  if unmatched:
-    raise ValueError(
-      f'frozen parameters {unmatched} are not in the model (its parameters: '
-      f'{sorted(flat)[:8]}...); the method\'s frozen_params names a path that does not exist.'
-    )
-
-  def label(path: str) -> str:
-    if any(_under(path, f) for f in frozen_paths):
-      return 'frozen'
-    return 'head' if path.split('/')[0] in head_modules else 'backbone'
-
-  return traverse_util.unflatten_dict({k: label(k) for k in flat}, sep='/')
-
-
-def _under(path: str, prefix: str) -> bool:
-  return path == prefix or path.startswith(prefix + '/')
-
-
-def _sgd(o, lr):
-  # Coupled L2 before momentum, as torch.optim.SGD(weight_decay=…) in the reference code.
-  return optax.chain(
-    optax.add_decayed_weights(o.weight_decay),
-    optax.sgd(lr, momentum=o.momentum, nesterov=o.nesterov),
-  )
-
-
-def _adamw(o, lr):
-  return optax.adamw(lr, b1=o.momentum, weight_decay=o.weight_decay)
-
-
-# config.optim.name -> (optim config, learning-rate schedule) -> transformation
-OPTIMIZERS = {'sgd': _sgd, 'adamw': _adamw}
-
-
-def make_optimizer(config, steps_per_epoch: int, params) -> optax.GradientTransformation:
-  o = config.optim
-  if o.name not in OPTIMIZERS:
-    raise ValueError(f'unknown config.optim.name {o.name!r}; known: {sorted(OPTIMIZERS)}')
-  build = OPTIMIZERS[o.name]
-  tx = optax.multi_transform(
-    {
-      'head': build(o, lr_schedule(config, steps_per_epoch, o.lr)),
-      'backbone': build(o, lr_schedule(config, steps_per_epoch, o.lr * o.backbone_lr_mult)),
-      'frozen': optax.set_to_zero(),
-    },
-    param_groups(params, o.head_modules, get_method(config.method).frozen_params(config)),
-  )
-  if o.grad_clip_norm < 0:
-    raise ValueError(f'config.optim.grad_clip_norm must be >= 0 (0 = off), got {o.grad_clip_norm}')
-  if o.grad_clip_norm and not o.clip_per_term:  # per term: train_step clips before this
-    # One global norm over every clipped parameter, before the update (the logged grad_norm is
-    # pre-clip). ``optim.clip_exempt`` modules are left out of it: a classifier that only the
-    # identity loss trains must not be slowed because another term's gradient is large elsewhere.
-    tx = optax.chain(_clip(params, o.grad_clip_norm, tuple(o.get('clip_exempt', ()))), tx)
-  return tx
-
-
-def _clip(params, max_norm: float, exempt: tuple[str, ...]) -> optax.GradientTransformation:
-  clip = optax.clip_by_global_norm(max_norm)
-  if not exempt:
-    return clip
-  # As head_modules: an ablation may lack some of them (no MIA, no mia_bnneck), not all.
-  if not any(m in params for m in exempt):
-    raise ValueError(
-      f'config.optim.clip_exempt={exempt} matches none of the model\'s parameter collections '
-      f'{sorted(params)}.'
-    )
-  labels = {
-    k: jax.tree.map(lambda _: 'free' if k in exempt else 'clip', v) for k, v in params.items()
-  }
-  return optax.multi_transform({'clip': clip, 'free': optax.identity()}, labels)
 
 
 def create_train_state(config, model, steps_per_epoch: int, rng, frozen=None) -> TrainState:
@@ -193,7 +72,7 @@ def create_train_state(config, model, steps_per_epoch: int, rng, frozen=None) ->
     apply_fn=model.apply,
     params=params,
     batch_stats=variables.get('batch_stats', {}),
-    tx=make_optimizer(config, steps_per_epoch, params),
+    tx=optim.make_optimizer(config, steps_per_epoch, params),
     frozen=frozen,
   )
 
@@ -242,7 +121,7 @@ def train_step(state: TrainState, batch: dict, *, model, method: Method, config)
 
   o = config.optim
   if o.grad_clip_norm and o.clip_per_term:
-    grads, batch_stats, metrics = _per_term_clipped_grads(
+    grads, batch_stats, metrics = optim.per_term_clipped_grads(
       forward, state.params, lambda out: method.losses_for(out, global_batch, config), o
     )
   else:
@@ -272,175 +151,6 @@ def train_step(state: TrainState, batch: dict, *, model, method: Method, config)
   return state, dict(metrics, skipped=1.0 - finite.astype(jnp.float32))
 
 
-def _per_term_clipped_grads(forward, params, terms_fn, o):
-  """Gradients with each loss term clipped on its own (``optim.clip_per_term``).
-
-  One forward pass, one backward pass per term: term t's gradient g_t (averaged over devices)
-  is scaled to norm ≤ ``optim.grad_clip_norm`` over the clipped parameters (all but
-  ``optim.clip_exempt``), and the scaled gradients are summed. Why: with one global clip, a term
-  whose gradient is large and uninformative (DALNet's circle terms from scratch: norms of 200–300
-  against 4 for the identity loss, at the point where every pair has the same similarity) scales
-  every other term's update down with it, 40–60× here, and the identity loss never leaves chance.
-  Per term, each keeps at most the clip's share. Returns (grads, batch_stats, metrics); the
-  metrics add ``grad_norm/<term>``, each term's norm before its clip, and ``grad_norm`` is the
-  norm of the unclipped sum as in the global mode.
-  """
-  outputs, backward, batch_stats = jax.vjp(forward, params, has_aux=True)
-  terms = terms_fn(outputs)
-  names = list(terms)
-  weighted, terms_backward = jax.vjp(
-    lambda out: jnp.stack([w * v for w, v in terms_fn(out).values()]), outputs
-  )
-  exempt = tuple(o.clip_exempt)
-  clipped = lambda tree: {k: v for k, v in tree.items() if k not in exempt}
-  total, raw, metrics = None, None, {}
-  for i, name in enumerate(names):
-    (g_out,) = terms_backward(jnp.zeros_like(weighted).at[i].set(1.0))
-    (g,) = backward(g_out)
-    g = parallel.pmean(g)
-    norm = optax.tree.norm(clipped(g))
-    metrics[f'grad_norm/{name}'] = norm
-    scale = jnp.minimum(1.0, o.grad_clip_norm / jnp.maximum(norm, 1e-12))
-    g_scaled = {k: v if k in exempt else jax.tree.map(lambda x: x * scale, v) for k, v in g.items()}
-    raw = g if raw is None else jax.tree.map(jnp.add, raw, g)
-    total = g_scaled if total is None else jax.tree.map(jnp.add, total, g_scaled)
-  metrics |= {f'loss/{name}': value for name, (_, value) in terms.items()}
-  metrics |= {'loss': jnp.sum(weighted), 'grad_norm': optax.tree.norm(raw)}
-  return total, batch_stats, metrics
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-
-def _checkpoint_managers(workdir: str, config):
-  # Three kept steps, so that a corrupt newest one still leaves an older one to resume from;
-  # orbax's own temporary folders of a save that was killed are removed. The explicit handler
-  # fixes the layout (one item, 'default'): otherwise orbax infers it from a step folder, and a
-  # partial one would make every step unreadable.
-  latest = ocp.CheckpointManager(
-    os.path.join(os.path.abspath(workdir), 'checkpoints'),
-    options=ocp.CheckpointManagerOptions(max_to_keep=3, create=True, cleanup_tmp_directories=True),
-    item_handlers=ocp.StandardCheckpointHandler(),
-  )
-  # Only a new selection is saved here (evaluation/selection.py), so best/ holds exactly the
-  # selected epoch; best_fn orders the saves by the same metric. A save made under another
-  # eval.best_metric (a resumed run whose rule changed) ranks last, so the new rule's replaces it.
-  metric = 'mAP' if config is None else config.eval.best_metric  # None: only resuming matters
-  best = ocp.CheckpointManager(
-    os.path.join(os.path.abspath(workdir), 'best'),
-    options=ocp.CheckpointManagerOptions(
-      max_to_keep=1,
-      create=True,
-      best_fn=lambda m: m.get(metric, float('-inf')),
-      best_mode='max',
-    ),
-    item_handlers=ocp.StandardCheckpointHandler(),
-  )
-  return latest, best
-
-
-def _state_to_save(state: TrainState) -> dict:
-  return {
-    'params': state.params,
-    'batch_stats': state.batch_stats,
-    'opt_state': state.opt_state,
-    'step': state.step,
-  }
-
-
-class CheckpointError(RuntimeError):
-  """No step of a checkpoint folder can be restored into this config's state."""
-
-
-def _try_restore(manager, step: int, target: dict) -> tuple[dict | None, str]:
-  """(restored state, '') or (None, why it failed) for one step of ``manager``."""
-  # A failed tensorstore read also logs the traceback of each of its async reads when their
-  # futures are collected; the one line we return says it.
-  logger = logging.getLogger('asyncio')
-  level = logger.level
-  logger.setLevel(logging.CRITICAL)
-  try:
-    try:
-      restored = manager.restore(step, args=ocp.args.StandardRestore(target))
-      _check_restored(restored)
-      return restored, ''
-    except Exception as e:  # any failure to read a step makes that step unusable
-      reason = _first_line(e)
-    gc.collect()
-    return None, reason
-  finally:
-    logger.setLevel(level)
-
-
-def _first_line(error: BaseException, limit: int = 200) -> str:
-  lines = str(error).strip().splitlines()
-  text = f'{type(error).__name__}: {lines[0] if lines else ""}'
-  return text if len(text) <= limit else text[: limit - 3] + '...'
-
-
-def _check_restored(restored: dict) -> None:
-  bad = [
-    jax.tree_util.keystr(path)
-    for path, x in jax.tree_util.tree_leaves_with_path(restored)
-    if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating) and not bool(jnp.isfinite(x).all())
-  ]
-  if bad:
-    raise FloatingPointError(f'non-finite values in {", ".join(bad[:3])}')
-
-
-def _move_aside(manager, step: int, reason: str, good_step: int) -> None:
-  directory = os.fspath(manager.directory)
-  source = os.path.join(directory, str(step))
-  target = os.path.join(directory, f'corrupt-{step}')
-  n = 1
-  while os.path.exists(target):
-    target, n = os.path.join(directory, f'corrupt-{step}-{n}'), n + 1
-  if jax.process_index() == 0:
-    os.rename(source, target)
-  log.warning(
-    'checkpoint step %d in %s cannot be restored (%s); moved it to %s and resuming from step %d',
-    step,
-    directory,
-    reason,
-    target,
-    good_step,
-  )
-
-
-def restore_latest(manager, state: TrainState) -> TrainState:
-  """``state`` updated from the newest restorable step of ``manager`` (unchanged if it has none).
-
-  Newer steps that fail to restore while an older one succeeds are moved aside to
-  ``corrupt-<step>/`` with a warning; if every step fails, :class:`CheckpointError` is raised and
-  nothing is moved (that is what a changed config looks like, not corruption).
-  """
-  target = _state_to_save(state)
-  failed: list[tuple[int, str]] = []
-  for step in sorted(manager.all_steps(), reverse=True):
-    restored, reason = _try_restore(manager, step, target)
-    if restored is None:
-      failed.append((step, reason))
-      continue
-    for bad, reason in failed:
-      _move_aside(manager, bad, reason, step)
-    if failed:
-      if jax.process_count() > 1:  # every process sees the folders moved before going on
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices('restore_latest')
-      manager.reload()
-    log.info('resumed from %s at step %d', manager.directory, step)
-    return state.replace(**restored)
-  if failed:
-    raise CheckpointError(
-      f'no checkpoint in {manager.directory} can be restored ('
-      + '; '.join(f'step {s}: {r}' for s, r in failed)
-      + '). If the config changed since this run started, rerun with the original config or use '
-      'a new --workdir; nothing was moved.'
-    )
-  return state
-
-
 # ----------------------------------------------------------------------------- input
 
 
@@ -465,26 +175,11 @@ def _prefetch(iterator: Iterator, put, size: int) -> Iterator:
 
 
 def load_data(config):
-  """(table, train set, precomputed masks or None) for ``config.data``."""
+  """(table, train set, per-photo masks or None) for ``config.data`` and the method's needs."""
   table = datasets.load(config.data)
   train_set = input_pipeline.make_train_set(table, config.data.train_styles)
-  masks = None
-  if masks_lib.resolve_mask_source(config.data) == 'precomputed':
-    masks = masks_lib.load_masks(
-      table, np.concatenate(train_set.photo_index_by_label), config.data.mask_set
-    )
-  if config.data.attribute_noise:
-    if train_set.attributes is None:
-      raise ValueError(
-        f'config.data.attribute_noise={config.data.attribute_noise} but {config.data.root} has no '
-        'attributes (market_attribute.mat); set it to 0.'
-      )
-    train_set = dataclasses.replace(
-      train_set,
-      attributes=attributes_lib.corrupt_attributes(
-        train_set.attributes, config.data.attribute_noise, config.seed
-      ),
-    )
+  prepare = get_method(config.method).prepare_data
+  train_set, masks = prepare(config, table, train_set) if prepare else (train_set, None)
   return table, train_set, masks
 
 
@@ -551,45 +246,67 @@ def _fetch_and_check(unchecked: list, on_nonfinite: str, directory: str) -> list
   return out
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains ``config.method`` and evaluates it; returns the last evaluation's results by protocol."""
-  validate_lib.validate(config, workdir)  # before any data load or compilation
+@dataclasses.dataclass
+class _Run:
+  """One training run's fixed parts (built by :func:`_setup`) and its moving ones."""
+
+  config: ml_collections.ConfigDict
+  workdir: str
+  method: Method
+  table: Any
+  train_set: Any
+  masks: Any
+  steps_per_epoch: int
+  eval_model: Any
+  launcher: Any
+  perm: np.ndarray
+  latest: Any  # orbax managers (checkpoints.managers)
+  best: Any
+  selection: Selection
+  writer: Any
+  state: Any
+  step: int
+  saved_step: int
+  unchecked: list = dataclasses.field(default_factory=list)  # (step, device metrics) not yet read
+  window: list = dataclasses.field(default_factory=list)  # (step, host metrics) since the last log
+
+  def read_metrics(self) -> None:
+    """Moves the pending steps' metrics to the host; stops or warns on a skipped step."""
+    directory = os.fspath(self.latest.directory)
+    self.window += _fetch_and_check(self.unchecked, self.config.train.on_nonfinite, directory)
+    self.unchecked = []
+
+  def save(self, *, force: bool = False) -> None:
+    # Never a state after a non-finite step: read every pending step's metrics first.
+    self.read_metrics()
+    if self.step != self.saved_step:  # e.g. checkpoint_every_steps divides the epoch
+      host_state = self.launcher.get_state(self.state)  # only when a save happens
+      save_args = ocp.args.StandardSave(checkpoints.state_to_save(host_state))
+      self.latest.save(self.step, args=save_args, force=force)
+      self.saved_step = self.step
+
+
+def _setup(config: ml_collections.ConfigDict, workdir: str) -> _Run:
+  """Data, models, the (restored) state, the compiled step, checkpoint managers and the writer."""
   method = get_method(config.method)
   table, train_set, masks = load_data(config)
   P, K = config.sampler.P, config.sampler.K
   fused = bool(config.model.sketch_fusion)
   steps_per_epoch = input_pipeline.steps_per_epoch(train_set, P, K, fused=fused)
-  num_hosts, host = jax.process_count(), jax.process_index()
   _write_meta(workdir, config, train_set, steps_per_epoch)
 
   model = method.model_for(config, train_set.num_classes, parallel.AXIS)
-  eval_model = method.model_for(config, train_set.num_classes, None)
   frozen = method.frozen_for(config) if method.frozen_for else None
   state = create_train_state(
     config, model, steps_per_epoch, jax.random.key(config.seed), frozen=frozen
   )
-  latest_mgr, best_mgr = _checkpoint_managers(workdir, config)
-  state = restore_latest(latest_mgr, state)
-  start = saved_step = int(state.step)
-
+  latest, best = checkpoints.managers(workdir, config)
+  state = checkpoints.restore_latest(latest, state)
   launcher = parallel.make_launcher(
     functools.partial(train_step, model=model, method=method, config=config),
     kind=config.parallel.launcher,
   )
-  local_devices = launcher.num_devices // num_hosts
-  perm = parallel.device_major_permutation(P // num_hosts, K, local_devices)
-  state = launcher.put_state(state)
-  selection = Selection(
-    os.path.join(workdir, 'selection.json'),
-    protocol=config.eval.best_protocol or config.eval.protocols[0],
-    metric=config.eval.best_metric,
-  )
-
-  writer = metric_writers.create_default_writer(workdir, just_logging=host > 0)
-  writer.write_hparams(
-    {k: v for k, v in _flatten(config.to_dict()).items() if isinstance(v, (int, float, str, bool))}
-  )
-  total_steps = config.train.epochs * steps_per_epoch
+  num_hosts = jax.process_count()
   log.info(
     '%s: %d identities, %d steps/epoch, %d epochs, batch %d on %d device(s)',
     config.method,
@@ -599,135 +316,163 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     2 * P * K,
     launcher.num_devices,
   )
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  writer.write_hparams(
+    {k: v for k, v in _flatten(config.to_dict()).items() if isinstance(v, (int, float, str, bool))}
+  )
+  return _Run(
+    config=config,
+    workdir=workdir,
+    method=method,
+    table=table,
+    train_set=train_set,
+    masks=masks,
+    steps_per_epoch=steps_per_epoch,
+    eval_model=method.model_for(config, train_set.num_classes, None),
+    launcher=launcher,
+    perm=parallel.device_major_permutation(P // num_hosts, K, launcher.num_devices // num_hosts),
+    latest=latest,
+    best=best,
+    selection=Selection(
+      os.path.join(workdir, 'selection.json'),
+      protocol=config.eval.best_protocol or config.eval.protocols[0],
+      metric=config.eval.best_metric,
+    ),
+    writer=writer,
+    state=launcher.put_state(state),
+    step=int(state.step),
+    saved_step=int(state.step),
+  )
 
-  results: dict = {}
-  step = start
-  directory = os.fspath(latest_mgr.directory)
-  unchecked: list = []  # (step, device metrics) not yet read on the host
-  window: list = []  # (step, host metrics) since the last log line
 
-  def save(device_state, *, force=False):
-    nonlocal unchecked, window, saved_step
-    # Never a state after a non-finite step: read every pending step's metrics first.
-    window += _fetch_and_check(unchecked, config.train.on_nonfinite, directory)
-    unchecked = []
-    if step != saved_step:  # e.g. checkpoint_every_steps divides the epoch
-      host_state = launcher.get_state(device_state)  # only when a save happens
-      latest_mgr.save(step, args=ocp.args.StandardSave(_state_to_save(host_state)), force=force)
-      saved_step = step
+def _device_batches(run: _Run, epoch: int, first: int) -> Iterator:
+  """The epoch's batches from step ``first`` on, sharded onto the devices ahead of the step."""
+  c = run.config
+  plan = input_pipeline.host_slice(
+    input_pipeline.pk_plan(
+      run.train_set,
+      P=c.sampler.P,
+      K=c.sampler.K,
+      epoch=epoch,
+      seed=c.seed,
+      scheme=c.sampler.scheme,
+      fused=bool(c.model.sketch_fusion),
+    ),
+    jax.process_index(),
+    jax.process_count(),
+  )
+  batches = input_pipeline.train_batches(
+    c,
+    run.table,
+    run.train_set,
+    plan,
+    epoch=epoch,
+    start_step=first,
+    masks=run.masks,
+    process_index=jax.process_index(),
+  )
+  put = lambda b: run.launcher.put_batch(
+    parallel.device_order(_host_batch(b, run.train_set, run.method), run.perm)
+  )
+  return _prefetch(batches, put, c.data.prefetch)
 
-  try:
-    for epoch in range(start // steps_per_epoch, config.train.epochs):
-      plan = input_pipeline.host_slice(
-        input_pipeline.pk_plan(
-          train_set,
-          P=P,
-          K=K,
-          epoch=epoch,
-          seed=config.seed,
-          scheme=config.sampler.scheme,
-          fused=fused,
-        ),
-        host,
-        num_hosts,
-      )
-      first = step - epoch * steps_per_epoch
-      batches = input_pipeline.train_iterator(
-        table,
-        train_set,
-        plan=plan,
-        image_size=tuple(config.data.image_size),
-        pad=config.data.pad,
-        flip=config.data.flip,
-        random_erasing=config.data.random_erasing,
-        seed=config.seed,
-        epoch=epoch,
-        start_step=first,
-        prefetch=config.data.prefetch,
-        threads=config.data.threads,
-        process_index=host,
-        masks=masks,
-        sketch_sets=fused,
-      )
-      put = lambda b: launcher.put_batch(
-        parallel.device_order(_host_batch(b, train_set, method), perm)
-      )
-      bar = tqdm(
-        total=steps_per_epoch,
-        initial=first,
-        desc=f'epoch {epoch + 1}/{config.train.epochs}',
-        unit='step',
-        disable=None if config.train.progress_bar else True,
-        leave=False,
-      )
-      tick, tick_step = time.perf_counter(), step
-      for device_batch in _prefetch(batches, put, config.data.prefetch):
-        state, metrics = launcher.step(state, device_batch)
-        step += 1
-        unchecked.append((step, metrics))
-        bar.update(1)
-        if step % config.train.log_every_steps == 0 or step % steps_per_epoch == 0:
-          window += _fetch_and_check(unchecked, config.train.on_nonfinite, directory)
-          unchecked = []
-          summary = _summarise(window)
-          rate = 2 * P * K * (step - tick_step) / (time.perf_counter() - tick)
-          summary.update(
-            images_per_sec=rate,
-            epoch=epoch,
-            lr=float(lr_schedule(config, steps_per_epoch, config.optim.lr)(step - 1)),
-          )
-          writer.write_scalars(step, summary)
-          bar.set_postfix(loss=f'{summary.get("loss", float("nan")):.3f}', img_s=f'{rate:.0f}')
-          tick, tick_step, window = time.perf_counter(), step, []
-        if config.train.checkpoint_every_steps and step % config.train.checkpoint_every_steps == 0:
-          save(state)
-      bar.close()
-      save(state, force=True)
 
-      if eval_due(config, epoch + 1):
-        host_state = launcher.get_state(state)
-        variables = {'params': host_state.params, 'batch_stats': host_state.batch_stats}
-        results = evaluate_lib.evaluate(
-          eval_model,
-          variables,
-          table,
-          config,
-          workdir=workdir,
-          extra={'epoch': epoch + 1, 'step': step},
-          selection=selection,
-        )
-        writer.write_scalars(
-          step,
-          {f'eval/{name}/{k}': v for name, r in results.items() for k, v in r.to_dict().items()},
-        )
-        # A step retrained after its corrupt checkpoint was moved aside may be in best/ already.
-        if selection.best['step'] == step and step not in best_mgr.all_steps():
-          best_mgr.save(
-            step,
-            args=ocp.args.StandardSave(_state_to_save(host_state)),
-            metrics={selection.metric: selection.best['value']},
-            force=True,
-          )
-  finally:
-    # A save in flight completes even when training stops on an error, so the last good
-    # checkpoint is whole.
-    writer.flush()
-    latest_mgr.wait_until_finished()
-    best_mgr.wait_until_finished()
-  if not results and start >= total_steps:
-    log.info('training already complete at step %d; evaluating the latest checkpoint', start)
-    host_state = launcher.get_state(state)
-    results = evaluate_lib.evaluate(
-      eval_model,
-      {'params': host_state.params, 'batch_stats': host_state.batch_stats},
-      table,
-      config,
-      workdir=workdir,
-      extra={'epoch': config.train.epochs, 'step': start},
+def _train_epoch(run: _Run, epoch: int) -> None:
+  """Runs the rest of ``epoch`` (from ``run.step``), logging and saving as configured."""
+  c = run.config
+  first = run.step - epoch * run.steps_per_epoch
+  bar = tqdm(
+    total=run.steps_per_epoch,
+    initial=first,
+    desc=f'epoch {epoch + 1}/{c.train.epochs}',
+    unit='step',
+    disable=None if c.train.progress_bar else True,
+    leave=False,
+  )
+  tick = _StepLog(run, epoch)
+  for device_batch in _device_batches(run, epoch, first):
+    run.state, metrics = run.launcher.step(run.state, device_batch)
+    run.step += 1
+    run.unchecked.append((run.step, metrics))
+    bar.update(1)
+    if run.step % c.train.log_every_steps == 0 or run.step % run.steps_per_epoch == 0:
+      bar.set_postfix(tick.write())
+    if c.train.checkpoint_every_steps and run.step % c.train.checkpoint_every_steps == 0:
+      run.save()
+  bar.close()
+  run.save(force=True)
+
+
+class _StepLog:
+  """The scalars of each log window (means over its applied steps, lr, images/s)."""
+
+  def __init__(self, run: _Run, epoch: int):
+    self.run, self.epoch = run, epoch
+    self.lr = optim.lr_schedule(run.config, run.steps_per_epoch, run.config.optim.lr)
+    self.time, self.step = time.perf_counter(), run.step
+
+  def write(self) -> dict[str, str]:
+    run = self.run
+    run.read_metrics()
+    summary = _summarise(run.window)
+    batch = 2 * run.config.sampler.P * run.config.sampler.K
+    rate = batch * (run.step - self.step) / (time.perf_counter() - self.time)
+    summary.update(images_per_sec=rate, epoch=self.epoch, lr=float(self.lr(run.step - 1)))
+    run.writer.write_scalars(run.step, summary)
+    self.time, self.step, run.window = time.perf_counter(), run.step, []
+    return {'loss': f'{summary.get("loss", float("nan")):.3f}', 'img_s': f'{rate:.0f}'}
+
+
+def _evaluate(run: _Run, epoch: int, *, select: bool) -> dict:
+  """Evaluates the current state; with ``select`` it may become the best checkpoint."""
+  host_state = run.launcher.get_state(run.state)
+  variables = {'params': host_state.params, 'batch_stats': host_state.batch_stats}
+  results = evaluate_lib.evaluate(
+    run.eval_model,
+    variables,
+    run.table,
+    run.config,
+    workdir=run.workdir,
+    extra={'epoch': epoch, 'step': run.step},
+    selection=run.selection if select else None,
+  )
+  if not select:
+    return results
+  run.writer.write_scalars(
+    run.step,
+    {f'eval/{name}/{k}': v for name, r in results.items() for k, v in r.to_dict().items()},
+  )
+  # A step retrained after its corrupt checkpoint was moved aside may be in best/ already.
+  if run.selection.best['step'] == run.step and run.step not in run.best.all_steps():
+    run.best.save(
+      run.step,
+      args=ocp.args.StandardSave(checkpoints.state_to_save(host_state)),
+      metrics={run.selection.metric: run.selection.best['value']},
+      force=True,
     )
   return results
 
 
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains ``config.method`` and evaluates it; returns the last evaluation's results by protocol."""
+  validate_lib.validate(config, workdir)  # before any data load or compilation
+  run = _setup(config, workdir)
+  start, results = run.step, {}
+  try:
+    for epoch in range(start // run.steps_per_epoch, config.train.epochs):
+      _train_epoch(run, epoch)
+      if eval_due(config, epoch + 1):
+        results = _evaluate(run, epoch + 1, select=True)
+  finally:
+    # A save in flight completes even when training stops on an error, so the last good
+    # checkpoint is whole.
+    run.writer.flush()
+    run.latest.wait_until_finished()
+    run.best.wait_until_finished()
+  if not results and start >= config.train.epochs * run.steps_per_epoch:
+    log.info('training already complete at step %d; evaluating the latest checkpoint', start)
+    results = _evaluate(run, config.train.epochs, select=False)
+  return results
 def eval_due(config, epoch: int) -> bool:
   """Whether training evaluates after ``epoch`` (1-based): always after the last; else every
   ``eval.every_epochs`` epochs counted after ``eval.offset_epochs`` (0 = only after the last)."""

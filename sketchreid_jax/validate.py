@@ -7,29 +7,23 @@ and exits with status 2; ``train.train_and_evaluate`` calls it first as well.
 
 What is checked, and the interpretations chosen:
 
-* Method: ``config.method`` is registered (``methods.METHODS``).
+* Method: ``config.method`` names a method (``methods.get_method``) and the config holds its keys
+  (a config built for another method is refused); the method's own checks (``Method.check``:
+  CMAlign's identities per device in ``methods/cmdsl.py``, the U²-Net settings in
+  ``methods/dalnet.py``) run after the generic ones.
 * Sampler vs devices: P ≥ 2 (every metric loss and CMAlign need another identity in the batch),
   K ≥ 1, and the P identities of a batch split evenly over processes × local devices
   (``parallel.check_identity_split``: each device gets ``[photos | sketches]`` of P/N identities).
-* CMAlign (on when ``loss.cmalign_ic_weight`` or ``loss.cmalign_dt_weight`` is non-zero): it pairs
-  the rows of each *device's* batch, and every row's negative is drawn from the other identities on
-  that device, so each device needs at least two identities: P/N − 1 ≥ 1. The public reference code
-  needs P − 1 ≥ K because it gives the K rows of an identity K *distinct* negative identities; our
-  pairing draws each row's negative independently (``models/cmalign.py``), so it needs only one
-  other identity and that stronger condition is not imposed.
 * Image size: ``data.image_size`` is two positive ints divisible by the backbone's total stride,
   4 (conv1 and the stem max-pool) × the stage strides of ``models.resnet.stage_specs`` = 16 with
   ``model.last_stride=1`` or 32 with 2. The padded convolutions would accept any size, but then a
   stage's last row or column is computed half from padding and the layer-k grid no longer tiles the
   image exactly (as 18×9 tiles 288×144 in the papers), which CMAlign's position-wise alignment and
-  the feature-map visualisations assume. DALNet adds no constraint: the DAG is a padded 3×3
-  convolution and the U²-Net resizes its input to ``model.u2net_size`` (ceil-mode pooling takes any
-  size), which must only be two positive ints when ``data.mask_source='u2net'``.
+  the feature-map visualisations assume.
 * Workdir: created if needed, then a probe file is written and removed there.
-* Weight files: ``model.init_checkpoint`` when set, and the U²-Net weights when
-  ``data.mask_source='u2net'`` (``methods.dalnet.u2net_weights_path``) must exist.
-* Enumerations that would otherwise fail late: ``train.on_nonfinite``, ``parallel.launcher``, and
-  non-negative step counts.
+* Weight files: ``model.init_checkpoint``, when set, must exist and fit the ResNet-50 depth.
+* Enumerations that would otherwise fail late: ``train.on_nonfinite``, ``parallel.launcher``,
+  ``sampler.scheme``, and non-negative step counts.
 
 Unknown presets (``config_base.with_preset``) and unknown keys (locked configs) are refused while the
 config is parsed; ``main`` turns those errors into one line as well. Checks of the data themselves
@@ -41,7 +35,7 @@ import tempfile
 
 from sketchreid_jax.config_base import ConfigError
 
-__all__ = ['ConfigError', 'validate']
+__all__ = ['ConfigError', 'check_choices', 'check_size_pair', 'validate']
 
 # The stem's conv1 (7×7/2) and max-pool (3×3/2) of every ResNet-50 stream.
 STEM_STRIDE = 4
@@ -74,8 +68,10 @@ def validate(
       num_processes = jax.process_count() if num_processes is None else num_processes
       num_devices = jax.device_count() if num_devices is None else num_devices
     _check_sampler(config, num_devices, num_processes)
-    _check_cmalign(config, num_devices)
     _check_train(config)
+  method = _method(config)
+  if method.check is not None:
+    method.check(config, num_devices if training else None)
   if workdir is not None:
     _check_workdir(workdir)
     if training:
@@ -97,30 +93,60 @@ def _check_not_converted(workdir: str) -> None:
       )
 
 
-def _check_method(config) -> None:
-  from sketchreid_jax.methods import get_method
-
-  try:
-    method = get_method(config.method)
-  except ValueError as e:
-    raise ConfigError(str(e)) from None
-  if config.model.sketch_fusion and not method.sketch_fusion:
-    raise ConfigError(
-      f'config.model.sketch_fusion=True: method {config.method!r} does not train on fused sketch '
-      'sets (only the two-stream baseline and cmdsl do); set --config.model.sketch_fusion=False '
-      "and test multi-query with eval.multi_query_aggregate='mean'."
-    )
-  choices = {
-    'sampler.scheme': ('cycle', 'release'),
-    'loss.wrt_shift': ('set', 'reference'),
-    'loss.circle_scale': ('none', 'gamma'),
-  }
+def check_choices(config, choices: dict[str, tuple]) -> None:
+  """Each dotted key of ``choices`` holds one of its allowed values (else one-line ConfigError)."""
   for key, allowed in choices.items():
     section, leaf = key.split('.')
     if config[section][leaf] not in allowed:
       raise ConfigError(
         f'config.{key}={config[section][leaf]!r}: choose one of {", ".join(map(repr, allowed))}.'
       )
+
+
+def _method(config):
+  from sketchreid_jax.methods import get_method
+
+  try:
+    method = get_method(config.method)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  # A config built for another method lacks this one's keys: say so instead of a KeyError later.
+  expected = set(_flat_keys(base_keys(config.method)))
+  missing = sorted(expected - set(_flat_keys(config)))
+  if missing:
+    raise ConfigError(
+      f'config.method={config.method!r} but the config lacks its keys ({", ".join(missing[:3])}'
+      f'{", ..." if len(missing) > 3 else ""}): build it with config_base.base_config('
+      f'{config.method!r}), not another method\'s config.'
+    )
+  return method
+
+
+def base_keys(method: str):
+  from sketchreid_jax.config_base import base_config
+
+  return base_config(method)
+
+
+def _flat_keys(config, prefix: str = '') -> list[str]:
+  out = []
+  for k, v in config.items():
+    if hasattr(v, 'items'):
+      out += _flat_keys(v, f'{prefix}{k}.')
+    else:
+      out.append(f'{prefix}{k}')
+  return out
+
+
+def _check_method(config) -> None:
+  method = _method(config)
+  if config.model.sketch_fusion and not method.sketch_fusion:
+    raise ConfigError(
+      f'config.model.sketch_fusion=True: method {config.method!r} does not train on fused sketch '
+      'sets (only the two-stream baseline and cmdsl do); set --config.model.sketch_fusion=False '
+      "and test multi-query with eval.multi_query_aggregate='mean'."
+    )
+  check_choices(config, {'sampler.scheme': ('cycle', 'release')})
   from sketchreid_jax.evaluation.selection import parse_best_metric
 
   protocol = config.eval.best_protocol or config.eval.protocols[0]
@@ -168,21 +194,6 @@ def _check_sampler(config, num_devices: int, num_processes: int) -> None:
     raise ConfigError(f'{e} (batch = 2·P·K = {2 * P * K} images)') from None
 
 
-def _check_cmalign(config, num_devices: int) -> None:
-  c = config.loss
-  if not (c.cmalign_ic_weight or c.cmalign_dt_weight):
-    return
-  per_device = config.sampler.P // num_devices
-  if per_device - 1 < 1:
-    raise ConfigError(
-      f'CMAlign (config.loss.cmalign_ic_weight={c.cmalign_ic_weight}, cmalign_dt_weight='
-      f'{c.cmalign_dt_weight}) draws each row\'s negative among the other identities of its '
-      f'device\'s batch, but config.sampler.P = {config.sampler.P} over {num_devices} device(s) '
-      f'leaves {per_device} identity per device: P / devices - 1 must be >= 1 (e.g. '
-      f'--config.sampler.P={2 * num_devices}).'
-    )
-
-
 def total_stride(config) -> int:
   """The backbone's input-to-layer4 stride for ``config.model`` (16, or 32 with last_stride 2)."""
   from sketchreid_jax.models.resnet import stage_specs
@@ -197,7 +208,7 @@ def total_stride(config) -> int:
   return stride
 
 
-def _check_size_pair(value, key: str) -> tuple[int, int]:
+def check_size_pair(value, key: str) -> tuple[int, int]:
   if (
     not isinstance(value, (tuple, list))
     or len(value) != 2
@@ -211,7 +222,7 @@ def _check_size_pair(value, key: str) -> tuple[int, int]:
 
 
 def _check_image_size(config) -> None:
-  h, w = _check_size_pair(config.data.image_size, 'data.image_size')
+  h, w = check_size_pair(config.data.image_size, 'data.image_size')
   stride = total_stride(config)
   if h % stride or w % stride:
     near = lambda n: max(stride, round(n / stride) * stride)
@@ -222,8 +233,6 @@ def _check_image_size(config) -> None:
     )
   if not isinstance(config.data.pad, int) or config.data.pad < 0:
     raise ConfigError(f'config.data.pad = {config.data.pad!r}: must be an int >= 0.')
-  if config.data.mask_source == 'u2net':
-    _check_size_pair(config.model.u2net_size, 'model.u2net_size')
 
 
 def _check_weights(config) -> None:
@@ -241,17 +250,6 @@ def _check_weights(config) -> None:
       f'--input=resnet50-0676ba61.pth --output={path}` (README "Pretrained weights"), or set '
       "--config.model.init_checkpoint='' to train from scratch."
     )
-  if config.data.mask_source == 'u2net':
-    from sketchreid_jax.methods.dalnet import u2net_weights_path
-
-    path = u2net_weights_path(config)
-    if not os.path.isfile(path):
-      s = config.data.mask_set
-      raise ConfigError(
-        f'config.data.mask_source=u2net needs the converted {s} weights at {path!r} '
-        f'(config.model.u2net_weights): run `python -m sketchreid_jax.tools.convert_weights '
-        f'--model={s} --input={s}.pth --output={path}`, or use --config.data.mask_source=none.'
-      )
 
 
 def _check_train(config) -> None:

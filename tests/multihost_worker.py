@@ -24,7 +24,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import orbax.checkpoint as ocp  # noqa: E402
 
-from sketchreid_jax import input_pipeline, parallel, runtime, train  # noqa: E402
+from sketchreid_jax import checkpoints, input_pipeline, parallel, runtime, train  # noqa: E402
 from sketchreid_jax.config_base import load_config  # noqa: E402
 from sketchreid_jax.methods import get_method  # noqa: E402
 from tests.steps import TINY_STEP, pk_batch  # noqa: E402
@@ -82,11 +82,11 @@ def run(kind: str, config, local: dict, ckpt_dir: str) -> dict[str, np.ndarray]:
 
   # train.py's checkpointing as it is: every process saves, then restores into a fresh
   # (process-local) state as train_and_evaluate does before put_state.
-  latest, _ = train._checkpoint_managers(os.path.join(ckpt_dir, kind), config)
-  latest.save(STEPS, args=ocp.args.StandardSave(train._state_to_save(final)))
+  latest, _ = checkpoints.managers(os.path.join(ckpt_dir, kind), config)
+  latest.save(STEPS, args=ocp.args.StandardSave(checkpoints.state_to_save(final)))
   latest.wait_until_finished()
   template = train.create_train_state(config, model, 10, jax.random.key(1))
-  restored = train.restore_latest(latest, template)
+  restored = checkpoints.restore_latest(latest, template)
   assert int(restored.step) == STEPS, restored.step
   for k, v in flat(restored.params).items():
     if not np.array_equal(v, result['params/' + k]):

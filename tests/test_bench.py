@@ -13,7 +13,7 @@ def test_bench_runs_every_part_and_writes_json(tiny_market, tmp_path, capsys):
     [
       '--what=step,pipeline,rank',
       # A fused (multi-query) preset: the step the papers' "M" rows train.
-      f'--config={os.path.join(REPO, "configs/baseline.py:market_sketch_mq")}',
+      f'--config={os.path.join(REPO, "configs/baseline.py:market_mq")}',
       '--width=8',
       '--image_size=32,16',
       '--P=2',

@@ -32,15 +32,31 @@ def test_every_config_and_preset_loads(path, preset):
 
 
 def test_presets_set_what_they_say():
-  mq = load_config(os.path.join(REPO, 'configs/baseline.py:market_sketch_mq'))
+  mq = load_config(os.path.join(REPO, 'configs/baseline.py:market_mq'))
   assert mq.eval.protocols[0] == 'multi_query' and mq.data.train_styles == 'ABCDEF'
-  s1 = load_config(os.path.join(REPO, 'configs/baseline.py:market_sketch_s1'))
+  s1 = load_config(os.path.join(REPO, 'configs/baseline.py:market_s1'))
   assert s1.data.train_styles == 'A' and s1.data.test_styles == 'A'
 
 
 def test_unknown_preset_lists_the_known_ones():
-  with pytest.raises(ValueError, match='market_sketch_mq'):
+  with pytest.raises(ValueError, match='market_mq'):
     load_config(os.path.join(REPO, 'configs/baseline.py:no_such_preset'))
+
+
+def test_old_preset_names_still_work_and_warn():
+  with pytest.warns(FutureWarning, match="'market_sketch_mq' is now called 'market_mq'"):
+    old = load_config(os.path.join(REPO, 'configs/baseline.py:market_sketch_mq'))
+  new = load_config(os.path.join(REPO, 'configs/baseline.py:market_mq'))
+  assert old.to_dict() == new.to_dict()
+
+
+def test_every_config_names_the_same_setting_the_same_way():
+  # One scheme: the Market presets are market_s1/sq/mq and the PKU-Sketch preset is pku, in
+  # every config that has them.
+  for name in ('baseline', 'cmdsl', 'dalnet'):
+    presets = _presets(os.path.join(REPO, f'configs/{name}.py'))
+    assert {'market_sq', 'market_mq', 'pku'} <= set(presets), name
+    assert not [p for p in presets if p.startswith('market_sketch')], name
 
 
 def test_configs_are_locked_against_typos():

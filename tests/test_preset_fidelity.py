@@ -90,7 +90,7 @@ MULTI_QUERY_PRESETS = [
   'cmdsl.py:attr_noise3',
   'cmdsl.py:attr_noise6',
   'cmdsl.py:attr_noise9',
-  'baseline.py:market_sketch_mq',
+  'baseline.py:market_mq',
 ]
 
 

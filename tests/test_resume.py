@@ -23,7 +23,7 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 
-from sketchreid_jax import train
+from sketchreid_jax import checkpoints, train
 from sketchreid_jax.config_base import load_config
 from tests.conftest import REPO
 
@@ -175,15 +175,15 @@ def _toy_state(scale):
 
 
 def test_partial_newest_step_falls_back_and_a_changed_config_moves_nothing(tmp_path, caplog):
-  manager, _ = train._checkpoint_managers(str(tmp_path), None)
+  manager, _ = checkpoints.managers(str(tmp_path), None)
   for step in (1, 2, 3):
-    manager.save(step, args=ocp.args.StandardSave(train._state_to_save(_toy_state(step))))
+    manager.save(step, args=ocp.args.StandardSave(checkpoints.state_to_save(_toy_state(step))))
   manager.wait_until_finished()
   shutil.rmtree(tmp_path / 'checkpoints' / '3' / 'default')  # a copy that stopped half-way
 
-  manager, _ = train._checkpoint_managers(str(tmp_path), None)
+  manager, _ = checkpoints.managers(str(tmp_path), None)
   with caplog.at_level(logging.WARNING):
-    state = train.restore_latest(manager, _toy_state(0))
+    state = checkpoints.restore_latest(manager, _toy_state(0))
   np.testing.assert_array_equal(state.params['w'], np.full((3,), 2, np.float32))
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['1', '2', 'corrupt-3']
   assert 'step 3' in caplog.text and 'resuming from step 2' in caplog.text
@@ -193,6 +193,6 @@ def test_partial_newest_step_falls_back_and_a_changed_config_moves_nothing(tmp_p
   other = train.TrainState.create(
     apply_fn=None, params={'v': np.zeros((5,), np.float32)}, tx=optax.sgd(0.1), batch_stats={}
   )
-  with pytest.raises(train.CheckpointError, match=r'step 2: .*step 1: .*nothing was moved'):
-    train.restore_latest(manager, other)
+  with pytest.raises(checkpoints.CheckpointError, match=r'step 2: .*step 1: .*nothing was moved'):
+    checkpoints.restore_latest(manager, other)
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['1', '2', 'corrupt-3']

@@ -98,7 +98,7 @@ def test_multi_query_training_row_uses_sketch_fusion(tiny_market, tfds_cache, tm
 def test_pku_trials_report_is_the_mean_and_std_of_the_trials(tiny_pku, tfds_cache, tmp_path):
   # train.epochs=0: each trial evaluates its initial model, which is all the summary needs.
   config = _config(
-    'configs/baseline.py:pku_sketch', tiny_pku, tfds_cache, data__pku_trials=2, train__epochs=0
+    'configs/baseline.py:pku', tiny_pku, tfds_cache, data__pku_trials=2, train__epochs=0
   )
   out = studies.pku_trials(config, str(tmp_path), {})
   per_trial = [_results_json(tmp_path / f'trial_{t}')['single_query'] for t in range(2)]
@@ -166,7 +166,7 @@ def test_pku_test_counts_come_from_the_config(tiny_pku, tfds_cache):
   from sketchreid_jax import datasets
   from sketchreid_jax.datasets import pku_sketch
 
-  config = _config('configs/baseline.py:pku_sketch', tiny_pku, tfds_cache)
+  config = _config('configs/baseline.py:pku', tiny_pku, tfds_cache)
   by_style = pku_sketch.scan_layout(tiny_pku).ids_by_style
   counts = {s: 1 + (len(ids) > 3) for s, ids in by_style.items()}  # each below its style's size
   for style, n in counts.items():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sketchreid_jax import parallel, train
+from sketchreid_jax import checkpoints, optim, parallel, train
 from sketchreid_jax.config_base import load_config
 from tests.conftest import REPO
 
@@ -15,7 +15,7 @@ from tests.conftest import REPO
 def test_lr_schedule_matches_the_epoch_rule():
   c = load_config(os.path.join(REPO, 'configs/baseline.py'))
   spe = 7
-  f = train.lr_schedule(c, spe, 0.1)
+  f = optim.lr_schedule(c, spe, 0.1)
   expected = {0: 0.01, 4: 0.05, 9: 0.1, 10: 0.1, 19: 0.1, 20: 0.01, 49: 0.01, 50: 0.001, 79: 0.001}
   for epoch, lr in expected.items():
     for step in (epoch * spe, epoch * spe + spe - 1):
@@ -158,12 +158,12 @@ def test_grad_clip_norm_bounds_the_update_to_lr_times_the_clip():
   }  # ‖g‖ = 5
   for clip, expected_norm in ((0.0, 0.1 * 5.0), (2.0, 0.1 * 2.0), (10.0, 0.1 * 5.0)):
     c.optim.grad_clip_norm = clip
-    tx = train.make_optimizer(c, 1, params)
+    tx = optim.make_optimizer(c, 1, params)
     updates, _ = tx.update(grads, tx.init(params), params)
     assert float(jnp.linalg.norm(updates['layer1']['w'])) == pytest.approx(expected_norm, rel=1e-5)
   c.optim.grad_clip_norm = -1.0
   with pytest.raises(ValueError, match='grad_clip_norm'):
-    train.make_optimizer(c, 1, params)
+    optim.make_optimizer(c, 1, params)
 
 
 def test_clip_exempt_modules_are_neither_counted_nor_scaled():
@@ -179,7 +179,7 @@ def test_clip_exempt_modules_are_neither_counted_nor_scaled():
     'layer1': {'w': jnp.array([30.0, 40.0, 0.0, 0.0])},
     'bnneck': {'b': jnp.array([3.0, 4.0])},
   }
-  tx = train.make_optimizer(c, 1, params)
+  tx = optim.make_optimizer(c, 1, params)
   updates, _ = tx.update(grads, tx.init(params), params)
   lr = c.optim.lr
   np.testing.assert_allclose(updates['bnneck']['b'], -lr * np.array([3.0, 4.0]), rtol=1e-6)
@@ -188,7 +188,7 @@ def test_clip_exempt_modules_are_neither_counted_nor_scaled():
   )
   c.optim.clip_exempt = ('nothing_here',)
   with pytest.raises(ValueError, match='clip_exempt'):
-    train.make_optimizer(c, 1, params)
+    optim.make_optimizer(c, 1, params)
 
 
 def test_clip_per_term_clips_each_term_on_its_own():
@@ -209,7 +209,7 @@ def test_clip_per_term_clips_each_term_on_its_own():
     return {'a': (1.0, 30.0 * out['x'][0] + 40.0 * out['x'][1]), 'b': (2.0, jnp.sum(out['x'] ** 2) + out['y'][0])}
 
   grads, batch_stats, metrics = jax.vmap(
-    lambda _: train._per_term_clipped_grads(forward, params, terms_fn, c.optim),
+    lambda _: optim.per_term_clipped_grads(forward, params, terms_fn, c.optim),
     axis_name=parallel.AXIS,
   )(jnp.zeros(1))
   g_a, g_b = np.array([30.0, 40.0]) / 50.0, np.array([4.0, 8.0]) / np.sqrt(80.0)
@@ -224,7 +224,7 @@ def test_clip_per_term_clips_each_term_on_its_own():
   # Over devices the clip acts on the device mean: (60, 0) and (0, 80) average to (30, 40),
   # ‖·‖ = 50, so (0.6, 0.8); clipping each device first would give (0.5, 0.5).
   two, _, _ = jax.vmap(
-    lambda d: train._per_term_clipped_grads(
+    lambda d: optim.per_term_clipped_grads(
       forward, params, lambda out: {'a': (1.0, 60 * (1 - d) * out['x'][0] + 80 * d * out['x'][1])}, c.optim
     ),
     axis_name=parallel.AXIS,
@@ -233,7 +233,7 @@ def test_clip_per_term_clips_each_term_on_its_own():
   # The optimiser then applies no second, global clip: plain SGD moves w by lr · g.
   c.optim.momentum, c.optim.nesterov, c.optim.weight_decay = 0.0, False, 0.0
   c.optim.backbone_lr_mult, c.schedule.warmup_epochs = 1.0, 1
-  tx = train.make_optimizer(c, 1, params)
+  tx = optim.make_optimizer(c, 1, params)
   big = {'layer1': {'w': jnp.array([30.0, 40.0])}, 'bnneck': {'b': jnp.zeros(1)}}
   updates, _ = tx.update(big, tx.init(params), params)
   np.testing.assert_allclose(updates['layer1']['w'], -c.optim.lr * np.array([30.0, 40.0]), rtol=1e-6)
@@ -246,10 +246,10 @@ def test_frozen_parameters_get_no_update_of_any_kind():
   c = load_config(os.path.join(REPO, 'configs/baseline.py'))
   c.optim.weight_decay = 0.1
   params = {'layer1': {'w': jnp.ones(3), 'v': jnp.ones(2)}, 'bnneck': {'b': jnp.ones(1)}}
-  labels = train.param_groups(params, ('bnneck',), ('layer1/v',))
+  labels = optim.param_groups(params, ('bnneck',), ('layer1/v',))
   assert labels == {'layer1': {'w': 'backbone', 'v': 'frozen'}, 'bnneck': {'b': 'head'}}
   with pytest.raises(ValueError, match='not in the model'):
-    train.param_groups(params, ('bnneck',), ('layer9',))
+    optim.param_groups(params, ('bnneck',), ('layer9',))
 
 
 def test_best_follows_a_changed_selection_metric_on_resume(tmp_path):
@@ -260,12 +260,12 @@ def test_best_follows_a_changed_selection_metric_on_resume(tmp_path):
   state = train.TrainState.create(
     apply_fn=None, params={'w': np.ones(2, np.float32)}, tx=optax.sgd(0.1), batch_stats={}
   )
-  item = ocp.args.StandardSave(train._state_to_save(state))
-  _, best = train._checkpoint_managers(str(tmp_path), config)
+  item = ocp.args.StandardSave(checkpoints.state_to_save(state))
+  _, best = checkpoints.managers(str(tmp_path), config)
   best.save(10, args=item, metrics={'mAP': 0.9}, force=True)
   best.wait_until_finished()
   config.eval.best_metric = 'R-1'
-  _, best = train._checkpoint_managers(str(tmp_path), config)
+  _, best = checkpoints.managers(str(tmp_path), config)
   best.save(20, args=item, metrics={'R-1': 0.1}, force=True)
   best.wait_until_finished()
   assert best.all_steps() == [20]

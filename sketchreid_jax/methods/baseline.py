@@ -8,7 +8,20 @@ import jax.numpy as jnp
 
 from sketchreid_jax import losses
 from sketchreid_jax import models
-from sketchreid_jax.methods import Method, register
+from sketchreid_jax.models.resnet import STAGE_NAMES
+from sketchreid_jax.methods import Method, StageSplit
+
+
+def config(c) -> None:
+  """The baseline's own keys: its metric loss and the release's multi-query fusion block."""
+  # The release's Non-local block on each fused stem map (models/nonlocal_block.py).
+  c.model.fusion_nonlocal = False
+  c.loss.metric = 'wrt'  # 'wrt' (weighted regularised triplet) or 'batch_hard'
+  c.loss.metric_weight = 1.0
+  c.loss.triplet_margin = 0.3  # batch-hard margin (unused by WRT, which has none)
+  # WRT softmax max-shift: 'set' (over each positive/negative set) or 'reference' (over the whole
+  # row, as the released code; losses/triplet.py explains the difference).
+  c.loss.wrt_shift = 'set'
 
 
 def dtype_of(config):
@@ -61,6 +74,16 @@ def metric_loss(feat, labels, config):
   return METRIC_LOSSES[config.loss.metric](feat, labels, config)
 
 
+def check(config, num_devices: int | None) -> None:
+  """The metric loss's switches (validate.py runs this before anything else)."""
+  del num_devices
+  from sketchreid_jax import validate
+
+  validate.check_choices(
+    config, {'loss.wrt_shift': ('set', 'reference'), 'loss.metric': tuple(METRIC_LOSSES)}
+  )
+
+
 def losses_for(outputs, batch, config):
   labels = batch['label']
   return {
@@ -72,6 +95,42 @@ def losses_for(outputs, batch, config):
   }
 
 
-METHOD = register(
-  Method(name='baseline', model_for=model_for, losses_for=losses_for, sketch_fusion=True)
+# ----------------------------------------------------------------------------- Grad-CAM
+# A modality-specific stem, then the shared layer1–4 (each followed by ``post_stage``).
+ALL_STAGES: tuple[str, ...] = ('stem', *STAGE_NAMES)
+
+
+def _front(model, variables, images, modality: int, stage: str):
+  def front(m, x):
+    x = m.stem(x, modality=modality, train=False)
+    return x if stage == 'stem' else m.stages(x, start='layer1', stop=stage, train=False)
+
+  return model.apply(variables, images, method=front)
+
+
+def _back(model, variables, fmap, stage: str, modality: int):
+  del modality  # every stage after the stem is shared
+  later = ALL_STAGES[ALL_STAGES.index(stage) + 1 :]
+
+  def back(m, x):
+    if later:
+      x = m.stages(x, start=later[0], stop=later[-1], train=False)
+    return m.head(x, train=False)
+
+  return model.apply(variables, fmap, method=back)
+
+
+STAGE_SPLIT = StageSplit(
+  stages=lambda model: ALL_STAGES, default=lambda model: 'layer4', front=_front, back=_back
+)
+
+METHOD = Method(
+  name='baseline',
+  model_for=model_for,
+  losses_for=losses_for,
+  model_types=(models.Baseline,),
+  config=config,
+  check=check,
+  sketch_fusion=True,
+  stage_split=STAGE_SPLIT,
 )

@@ -33,7 +33,7 @@ not computed.) The seed lost its formula images, so the choices are ours and sta
   clip of the sum scaled the identity loss's share of every update down 40–60×: in the synthetic
   ablation (seed 0) the row with both circle terms kept the identity loss at chance for all 12
   epochs. ``configs/dalnet.py`` therefore clips each term on its own (``clip_per_term``: each
-  term's gradient to norm ≤ grad_clip_norm, then the sum; ``train._per_term_clipped_grads``),
+  term's gradient to norm ≤ grad_clip_norm, then the sum; ``optim.per_term_clipped_grads``),
   and leaves the BNNecks and classifiers, which only the identity losses train, outside any clip
   (``clip_exempt``). Measured on the same command, seed 0, single-query mAP: cross-modal row 14.9
   per term against 13.7 with one global clip; intra-modal row (with its LayerNorm feature) 10.1
@@ -52,18 +52,59 @@ not computed.) The seed lost its formula images, so the choices are ours and sta
 """
 
 import os
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from sketchreid_jax import losses
 from sketchreid_jax import models
+from sketchreid_jax.models.baseline import PHOTO, SKETCH
+from sketchreid_jax.models.dalnet import EarlyStream
+from sketchreid_jax.models.resnet import STAGE_NAMES, ResNetStage, stage_specs
 from sketchreid_jax.losses.circle import circle_intra, circle_pairwise
 from sketchreid_jax.losses.style import style_refinement
-from sketchreid_jax.methods import Method, baseline, register
+from sketchreid_jax.methods import Method, StageSplit, baseline
 
 CROSS_PAIRS = (('photo', 'sketch'), ('photo', 'aux'), ('aux', 'sketch'))
 INTRA = ('photo', 'sketch')  # the seed's intra-modal term compresses sketches and photos
+
+
+def config(c) -> None:
+  """DALNet's keys: the foreground masks, the three streams, DAG and MIA, the circle and style
+  losses. Tables 1–2 ablate them."""
+  # DALNet's foreground masks (DESIGN §4 "DAG"): 'none' | 'precomputed' (read
+  # <root>/masks/<mask_set>/..., made by tools.precompute_masks) | 'u2net' (run the frozen U²-Net
+  # in the step; needs model.u2net_weights) | 'auto' ('precomputed' when <root>/masks/<mask_set>
+  # exists, else 'none' with a warning).
+  c.data.mask_source = 'none'
+  c.data.mask_set = 'u2netp'  # which U²-Net made (or makes) the masks: 'u2netp' or 'u2net'
+  c.model.use_aux = True  # the DAG auxiliary modality and its stream
+  c.model.use_mia = True  # Modality Interactive Attention (BAM + ACA), training only
+  c.model.mia_reduction = 16  # BAM bottleneck C -> C/r (the seed's r was lost; SE-style 16)
+  c.model.dag_trainable = True  # Table 2: the DAG's 3×3 edge kernel trains (False = frozen)
+  c.model.dag_center = 9.0  # initial edge kernel: centre
+  c.model.dag_neighbour = -0.8  # initial edge kernel: the eight neighbours
+  c.model.num_private_stages = 2  # per-modality stem + layer1..layerN; the rest is shared
+  # Converted U²-Net weights for data.mask_source='u2net' ('' = pretrained/<data.mask_set>.msgpack,
+  # made by tools.convert_weights) and the frozen net's input size (official: 320×320).
+  c.model.u2net_weights = ''
+  c.model.u2net_size = (320, 320)
+  # DALNet losses. The seed lost its weight values; each term defaults to 1 (the text calls the
+  # total "the sum" of the terms). Circle m and γ: Sun et al.'s defaults (DESIGN §4).
+  c.loss.mia_id_weight = 1.0  # identity CE on the two MIA outputs (the seed's second L_id part)
+  c.loss.circle_cross_weight = 0.0  # cross-modal circle over (photo,sketch),(photo,aux),(aux,sketch)
+  c.loss.circle_intra_weight = 0.0  # intra-modal circle (pre/post-MIA positives, hard negatives)
+  c.loss.circle_margin = 0.25  # m
+  c.loss.circle_gamma = 64.0  # γ
+  c.loss.circle_hard_negatives = 1  # intra-modal: hardest other-identity samples per anchor; 0 = all
+  # Circle terms' scale: 'none' = as written, 'gamma' = divided by γ (measured and rejected as the
+  # default: the module doc, "Scale").
+  c.loss.circle_scale = 'none'
+  c.loss.circle_cross_symmetric = True  # cross-modal circle anchored in both modalities (mean)
+  c.loss.style_weight = 0.0  # style refinement InfoNCE (DAG kernels + aux stream only)
+  c.loss.style_temperature = 0.07  # τ (the seed's experimental details)
 
 
 def model_for(config, num_classes: int, bn_axis_name: str | None):
@@ -203,15 +244,129 @@ def prepare(batch, frozen, config):
   return batch
 
 
-METHOD = register(
-  Method(
-    name='dalnet',
-    model_for=model_for,
-    losses_for=losses_for,
-    global_outputs=('streams', 'mia'),
-    model_inputs=('label', 'mask'),
-    frozen_for=frozen_for,
-    prepare=prepare,
-    frozen_params=frozen_params,
+# ----------------------------------------------------------------------------- checks and data
+
+
+def check(config, num_devices: int | None) -> None:
+  """The circle scale, and with ``data.mask_source='u2net'`` the U²-Net input size and weights.
+
+  DALNet adds no image-size constraint: the DAG is a padded 3×3 convolution and the U²-Net
+  resizes its input to ``model.u2net_size`` (ceil-mode pooling takes any size).
+  """
+  del num_devices
+  from sketchreid_jax import validate
+
+  validate.check_choices(
+    config,
+    {
+      'loss.circle_scale': ('none', 'gamma'),
+      'data.mask_source': ('none', 'precomputed', 'u2net', 'auto'),
+      'data.mask_set': ('u2netp', 'u2net'),
+    },
   )
+  if config.data.mask_source != 'u2net':
+    return
+  validate.check_size_pair(config.model.u2net_size, 'model.u2net_size')
+  path = u2net_weights_path(config)
+  if not os.path.isfile(path):
+    s = config.data.mask_set
+    raise validate.ConfigError(
+      f'config.data.mask_source=u2net needs the converted {s} weights at {path!r} '
+      f'(config.model.u2net_weights): run `python -m sketchreid_jax.tools.convert_weights '
+      f'--model={s} --input={s}.pth --output={path}`, or use --config.data.mask_source=none.'
+    )
+
+
+def prepare_data(config, table, train_set):
+  """The precomputed U²-Net masks of the training photos, when ``data.mask_source`` picks them."""
+  from sketchreid_jax.datasets import masks as masks_lib
+
+  if masks_lib.resolve_mask_source(config.data) != 'precomputed':
+    return train_set, None
+  photos = np.concatenate(train_set.photo_index_by_label)
+  return train_set, masks_lib.load_masks(table, photos, config.data.mask_set)
+
+
+# ----------------------------------------------------------------------------- Grad-CAM
+# Per-modality streams (stem + private stages), then the shared stages. The streams are compact
+# modules, so their inner stages are run as standalone modules on the stream's own variables (the
+# same modules and arguments EarlyStream builds).
+ALL_STAGES: tuple[str, ...] = ('stem', *STAGE_NAMES)
+
+
+def _bn_kwargs(model) -> dict[str, Any]:
+  return dict(bn_momentum=model.bn_momentum, bn_epsilon=model.bn_epsilon, dtype=model.dtype)
+
+
+def _stream_variables(variables, modality: int) -> dict[str, Any]:
+  stream = 'photo_stream' if modality == PHOTO else 'sketch_stream'
+  return {col: tree[stream] for col, tree in variables.items() if stream in tree}
+
+
+def _private(model) -> tuple[str, ...]:
+  return ALL_STAGES[: model.num_private_stages + 1]
+
+
+def _front(model, variables, images, modality: int, stage: str):
+  private = _private(model)
+  if stage in private:
+    if modality not in (PHOTO, SKETCH) or isinstance(modality, bool):
+      raise ValueError(f'modality must be the Python int {PHOTO} or {SKETCH}, got {modality!r}.')
+    stream = EarlyStream(
+      width=model.width, num_stages=private.index(stage), blocks=model.blocks, **_bn_kwargs(model)
+    )
+    return stream.apply(_stream_variables(variables, modality), images, train=False)
+
+  def front(m, x):
+    x = m.extract_stem(x, modality=modality, train=False)
+    for layer in m.shared:
+      x = layer(x, train=False)
+      if layer.name == stage:
+        return x
+    raise AssertionError(stage)  # unreachable: the stage was validated
+
+  return model.apply(variables, images, method=front)
+
+
+def _back(model, variables, fmap, stage: str, modality: int):
+  # The private stages after the cut belong to the query modality's own stream.
+  private = _private(model)
+  if stage in private:
+    sub = _stream_variables(variables, modality)
+    for spec in stage_specs(model.width, 1, model.blocks)[
+      private.index(stage) : model.num_private_stages
+    ]:
+      layer = ResNetStage(spec.num_blocks, spec.features, spec.stride, **_bn_kwargs(model))
+      fmap = layer.apply({col: tree[spec.name] for col, tree in sub.items()}, fmap, train=False)
+    stage = private[-1]
+
+  def back(m, x):
+    started = stage == private[-1]
+    for layer in m.shared:
+      if started:
+        x = layer(x, train=False)
+      started = started or layer.name == stage
+    feat = m.gem(x)
+    bn_feat, _ = m.bnneck(feat, train=False)
+    return {'feat': feat, 'bn_feat': bn_feat}
+
+  return model.apply(variables, fmap, method=back)
+
+
+METHOD = Method(
+  name='dalnet',
+  model_for=model_for,
+  losses_for=losses_for,
+  model_types=(models.DALNet,),
+  config=config,
+  check=check,
+  prepare_data=prepare_data,
+  global_outputs=('streams', 'mia'),
+  model_inputs=('label', 'mask'),
+  frozen_for=frozen_for,
+  prepare=prepare,
+  frozen_params=frozen_params,
+  stage_split=StageSplit(
+    stages=lambda model: ALL_STAGES, default=lambda model: 'layer4', front=_front, back=_back
+  ),
 )

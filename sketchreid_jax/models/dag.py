@@ -40,7 +40,7 @@ Interpretations chosen (the seed's formula images were lost):
   optimiser states have the same tree, and wraps it in ``stop_gradient``. A stopped gradient
   alone does not freeze a parameter (coupled weight decay and momentum still move it), so the
   method also names it in ``Method.frozen_params``, whose parameters the optimiser never updates
-  (``train.make_optimizer``).
+  (``optim.make_optimizer``).
 * Computed in float32 (the input of a ResNet stem is small and the kernel amplifies by 9); the
   output is cast back to the input dtype.
 """

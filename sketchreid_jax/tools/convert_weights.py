@@ -227,7 +227,7 @@ def _check_output_dir(output: Path) -> list[str]:
 def _save_checkpoint(directory: Path, variables: Mapping[str, Any]) -> None:
   import orbax.checkpoint as ocp  # slow to import; only the mm23 path needs it
 
-  # The handler and single 'default' item of train._checkpoint_managers; step 0.
+  # The handler and single 'default' item of checkpoints.managers; step 0.
   manager = ocp.CheckpointManager(
     os.fspath(directory.absolute()),
     options=ocp.CheckpointManagerOptions(create=True),

@@ -9,7 +9,6 @@ included, are re-exported here).
 from sketchreid_jax.viz.cmc import load_cmc, plot_cmc_runs
 from sketchreid_jax.viz.dag_preview import auxiliary_images, dag_preview_figure
 from sketchreid_jax.viz.gradcam import (
-  STAGE_SPLITS,
   StageSplit,
   cam_from_gradients,
   default_stage,
@@ -17,14 +16,12 @@ from sketchreid_jax.viz.gradcam import (
   embed,
   gradcam,
   overlay_figure,
-  register_stages,
   valid_stages,
 )
 from sketchreid_jax.viz.ranked_list import ranked_list_figure, ranked_list_from_eval, top_k_matches
 from sketchreid_jax.viz.tsne import modality_embeddings, tsne_figure, tsne_points
 
 __all__ = [
-  'STAGE_SPLITS',
   'StageSplit',
   'auxiliary_images',
   'cam_from_gradients',
@@ -39,7 +36,6 @@ __all__ = [
   'plot_cmc_runs',
   'ranked_list_figure',
   'ranked_list_from_eval',
-  'register_stages',
   'top_k_matches',
   'tsne_figure',
   'tsne_points',

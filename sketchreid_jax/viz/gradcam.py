@@ -31,14 +31,12 @@ Interpretations chosen:
   map is zero everywhere (no positive evidence) stays all zero instead of being stretched.
 * Images are the pipeline's ImageNet-normalised RGB (NHWC float); :func:`display_rgb` undoes the
   normalisation for display.
-* A model class is supported once its stage split is registered with :func:`register_stages`
-  (subclasses inherit it, so CMDSL only overrides the default stage).
+* How a model is cut is its method's knowledge: ``Method.stage_split`` (``methods/<name>.py``),
+  found from the model's class (``methods.method_of_model``; subclasses inherit it).
 """
 
-import dataclasses
 import functools
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -47,16 +45,14 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from sketchreid_jax.models.baseline import Baseline
-from sketchreid_jax.models.cmdsl import CMDSL
-from sketchreid_jax.models.dalnet import DALNet, EarlyStream
-from sketchreid_jax.models.resnet import STAGE_NAMES, ResNetStage, stage_specs
+from sketchreid_jax import methods
+from sketchreid_jax.methods import StageSplit
+from sketchreid_jax.models.resnet import STAGE_NAMES
 from sketchreid_jax.models.u2net import IMAGENET_MEAN, IMAGENET_STD
 
 Array = jax.Array
 
 __all__ = [
-  'STAGE_SPLITS',
   'StageSplit',
   'cam_from_gradients',
   'default_stage',
@@ -64,7 +60,6 @@ __all__ = [
   'embed',
   'gradcam',
   'overlay_figure',
-  'register_stages',
   'valid_stages',
 ]
 
@@ -73,40 +68,14 @@ ALL_STAGES: tuple[str, ...] = ('stem', *STAGE_NAMES)
 FEATURES: tuple[str, ...] = ('feat', 'bn_feat')
 
 
-@dataclasses.dataclass(frozen=True)
-class StageSplit:
-  """How one model class is cut at a stage.
-
-  ``stages(model)`` the valid stage names in network order; ``default(model)`` the default one;
-  ``front(model, variables, images, modality, stage)`` the stage's map;
-  ``back(model, variables, fmap, stage, modality)`` the eval output dict ({'feat', 'bn_feat', …}) from it.
-  All run in eval mode; ``back(front(x))`` equals ``model.extract(x)``.
-  """
-
-  stages: Callable[[nn.Module], tuple[str, ...]]
-  default: Callable[[nn.Module], str]
-  front: Callable[..., Array]
-  back: Callable[..., Mapping[str, Array]]
-
-
-STAGE_SPLITS: dict[type, StageSplit] = {}
-
-
-def register_stages(cls: type, split: StageSplit) -> StageSplit:
-  """Makes ``gradcam`` support ``cls`` and its subclasses (the nearest registered class wins)."""
-  STAGE_SPLITS[cls] = split
-  return split
-
-
 def _split_for(model: nn.Module) -> StageSplit:
-  for cls in type(model).__mro__:
-    if cls in STAGE_SPLITS:
-      return STAGE_SPLITS[cls]
-  known = ', '.join(sorted(c.__name__ for c in STAGE_SPLITS))
-  raise TypeError(
-    f'gradcam: no stage split registered for {type(model).__name__} (known: {known}); describe '
-    'how to cut it with viz.gradcam.register_stages.'
-  )
+  method = methods.method_of_model(model)
+  if method.stage_split is None:
+    raise TypeError(
+      f'gradcam: method {method.name!r} gives no stage split for {type(model).__name__}; '
+      'describe how to cut it in its Method.stage_split.'
+    )
+  return method.stage_split
 
 
 def valid_stages(model: nn.Module) -> tuple[str, ...]:
@@ -128,119 +97,6 @@ def _check_stage(model: nn.Module, stage: str | None) -> str:
       f'gradcam: {stage!r} is not a stage of {type(model).__name__}; valid stages: {stages}.'
     )
   return stage
-
-
-# --- Baseline and CMDSL: a modality-specific stem, then shared layer1–4 (each + post_stage). ---
-
-
-def _baseline_front(model, variables, images, modality: int, stage: str) -> Array:
-  def front(m, x):
-    x = m.stem(x, modality=modality, train=False)
-    return x if stage == 'stem' else m.stages(x, start='layer1', stop=stage, train=False)
-
-  return model.apply(variables, images, method=front)
-
-
-def _baseline_back(model, variables, fmap, stage: str, modality: int) -> Mapping[str, Array]:
-  del modality  # every stage after the stem is shared
-  later = ALL_STAGES[ALL_STAGES.index(stage) + 1 :]
-
-  def back(m, x):
-    if later:
-      x = m.stages(x, start=later[0], stop=later[-1], train=False)
-    return m.head(x, train=False)
-
-  return model.apply(variables, fmap, method=back)
-
-
-def _cmdsl_default(model: CMDSL) -> str:
-  with_ffam = [name for name in STAGE_NAMES if name in tuple(model.ffam_stages)]
-  return with_ffam[-1] if with_ffam else 'layer4'
-
-
-_BASELINE_SPLIT = StageSplit(
-  stages=lambda model: ALL_STAGES,
-  default=lambda model: 'layer4',
-  front=_baseline_front,
-  back=_baseline_back,
-)
-register_stages(Baseline, _BASELINE_SPLIT)
-register_stages(CMDSL, dataclasses.replace(_BASELINE_SPLIT, default=_cmdsl_default))
-
-
-# --- DALNet: per-modality streams (stem + private stages), then the shared stages. ---
-# The streams are compact modules, so their inner stages are run as standalone modules on the
-# stream's own variables (the same modules and arguments EarlyStream builds).
-
-
-def _bn_kwargs(model: DALNet) -> dict[str, Any]:
-  return dict(bn_momentum=model.bn_momentum, bn_epsilon=model.bn_epsilon, dtype=model.dtype)
-
-
-def _stream_variables(variables, modality: int) -> dict[str, Any]:
-  stream = 'photo_stream' if modality == PHOTO else 'sketch_stream'
-  return {col: tree[stream] for col, tree in variables.items() if stream in tree}
-
-
-def _dalnet_private(model: DALNet) -> tuple[str, ...]:
-  return ALL_STAGES[: model.num_private_stages + 1]
-
-
-def _dalnet_front(model, variables, images, modality: int, stage: str) -> Array:
-  private = _dalnet_private(model)
-  if stage in private:
-    if modality not in (PHOTO, SKETCH) or isinstance(modality, bool):
-      raise ValueError(f'modality must be the Python int {PHOTO} or {SKETCH}, got {modality!r}.')
-    stream = EarlyStream(
-      width=model.width, num_stages=private.index(stage), blocks=model.blocks, **_bn_kwargs(model)
-    )
-    return stream.apply(_stream_variables(variables, modality), images, train=False)
-
-  def front(m, x):
-    x = m.extract_stem(x, modality=modality, train=False)
-    for layer in m.shared:
-      x = layer(x, train=False)
-      if layer.name == stage:
-        return x
-    raise AssertionError(stage)  # unreachable: the stage was validated
-
-  return model.apply(variables, images, method=front)
-
-
-def _dalnet_back(model, variables, fmap, stage: str, modality: int) -> Mapping[str, Array]:
-  # The private stages after the cut belong to the query modality's own stream.
-  private = _dalnet_private(model)
-  if stage in private:
-    sub = _stream_variables(variables, modality)
-    for spec in stage_specs(model.width, 1, model.blocks)[
-      private.index(stage) : model.num_private_stages
-    ]:
-      layer = ResNetStage(spec.num_blocks, spec.features, spec.stride, **_bn_kwargs(model))
-      fmap = layer.apply({col: tree[spec.name] for col, tree in sub.items()}, fmap, train=False)
-    stage = private[-1]
-
-  def back(m, x):
-    started = stage == private[-1]
-    for layer in m.shared:
-      if started:
-        x = layer(x, train=False)
-      started = started or layer.name == stage
-    feat = m.gem(x)
-    bn_feat, _ = m.bnneck(feat, train=False)
-    return {'feat': feat, 'bn_feat': bn_feat}
-
-  return model.apply(variables, fmap, method=back)
-
-
-register_stages(
-  DALNet,
-  StageSplit(
-    stages=lambda model: ALL_STAGES,
-    default=lambda model: 'layer4',
-    front=_dalnet_front,
-    back=_dalnet_back,
-  ),
-)
 
 
 # --- Grad-CAM. ---

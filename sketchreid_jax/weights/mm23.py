@@ -155,8 +155,9 @@ class MM23Report:
 
 
 def mm23_config(*, width: int = 64, blocks: tuple[int, ...] = (3, 4, 6, 3)):
-  """``base_config()`` set to the released B(M) model (``MM23_CONFIG``) at this width and depth."""
-  config = base_config()
+  """``base_config('cmdsl')`` set to the released B(M) model (``MM23_CONFIG``) at this width and
+  depth."""
+  config = base_config(MM23_CONFIG['method'])
   set_keys(config, MM23_CONFIG, where="weights.mm23.MM23_CONFIG")
   return set_keys(config, {'model.width': width, 'model.blocks': tuple(blocks)})
 
