@@ -48,10 +48,10 @@ from sketchreid_jax.evaluation import RankResult, evaluate_rank, pairwise_distan
 from sketchreid_jax.evaluation import report
 from sketchreid_jax.evaluation.sbir import SBIRResult, sbir_chance_levels
 from sketchreid_jax.evaluation.rerank import k_reciprocal_rerank
+from sketchreid_jax.modality import PHOTO, SKETCH
 
 log = logging.getLogger(__name__)
 
-PHOTO, SKETCH = 0, 1
 # What the rows of each modality are in every protocol, for messages.
 ROLE = {PHOTO: 'gallery photo', SKETCH: 'query sketch'}
 # Image paths named in the error about non-finite embeddings, beyond which only the count is given.

@@ -57,10 +57,10 @@ from sketchreid_jax.config_base import base_config, set_keys  # noqa: E402
 from sketchreid_jax.datasets import resize  # noqa: E402
 from sketchreid_jax.datasets.table import make_table  # noqa: E402
 from sketchreid_jax.methods import Method, get_method  # noqa: E402
+from sketchreid_jax.modality import PHOTO, SKETCH  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-PHOTO, SKETCH = evaluate_lib.PHOTO, evaluate_lib.SKETCH
 # What ``modality=`` accepts: the names, or the evaluation's ints.
 MODALITIES = {'photo': PHOTO, 'sketch': SKETCH, PHOTO: PHOTO, SKETCH: SKETCH}
 # checkpoint kind -> sub-folder of the workdir (train._checkpoint_managers)

@@ -7,7 +7,7 @@ Market-Sketch-1K, PKU-Sketch and the synthetic layouts all produce it.
 Interpretations:
 - ``image`` holds the original encoded file bytes (JPEG/PNG, colour or greyscale); decoding is the
   pipeline's job so that nothing is re-encoded and memory stays at the size of the files.
-- ``modality`` is 0 for photos and 1 for sketches (the convention of the losses, DESIGN §3).
+- ``modality`` is ``modality.PHOTO`` (0) for photos and ``modality.SKETCH`` (1) for sketches.
 - ``style`` is '' for photos and the artist letter for sketches.
 - ``attributes`` is keyed by the ORIGINAL pid (not a training label), because labels depend on the
   chosen training styles while attributes do not.
@@ -19,8 +19,11 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-MODALITY_PHOTO = 0
-MODALITY_SKETCH = 1
+from sketchreid_jax.modality import PHOTO, SKETCH
+
+# The readers' names for the ids of sketchreid_jax.modality.
+MODALITY_PHOTO = PHOTO
+MODALITY_SKETCH = SKETCH
 
 # Name, required dtype kind ('O' object, 'i' signed int, 'U' str) and, for ints, the exact dtype.
 _COLUMNS: tuple[tuple[str, str, type | None], ...] = (

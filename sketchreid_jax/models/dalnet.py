@@ -70,7 +70,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sketchreid_jax.models.baseline import PHOTO, SKETCH
+from sketchreid_jax.modality import PHOTO, SKETCH
 from sketchreid_jax.models.dag import DAG
 from sketchreid_jax.models.heads import BNNeck, GeM
 from sketchreid_jax.models.mia import MIA

@@ -47,6 +47,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from sketchreid_jax.modality import PHOTO, SKETCH
 from sketchreid_jax.models.baseline import Baseline
 from sketchreid_jax.models.cmdsl import CMDSL
 from sketchreid_jax.models.dalnet import DALNet, EarlyStream
@@ -68,7 +69,6 @@ __all__ = [
   'valid_stages',
 ]
 
-PHOTO, SKETCH = 0, 1
 ALL_STAGES: tuple[str, ...] = ('stem', *STAGE_NAMES)
 FEATURES: tuple[str, ...] = ('feat', 'bn_feat')
 
