@@ -251,11 +251,11 @@ def embed(model, variables, images, *, modality: int, feature: str = 'feat') -> 
   reference ``target`` of :func:`gradcam`."""
   if feature not in FEATURES:
     raise ValueError(f'embed: feature must be one of {FEATURES}, got {feature!r}.')
-  # The evaluation's own compiled extractor (no flip: a heatmap explains one image). evaluate
-  # imports TensorFlow, so only on use: importing viz stays light.
-  from sketchreid_jax.evaluate import _extract_fn, l2_normalise
+  # The evaluation's own compiled extractor (no flip: a heatmap explains one image). It imports
+  # TensorFlow, so only on use: importing viz stays light.
+  from sketchreid_jax.evaluation.extract import extract_fn, l2_normalise
 
-  feat = np.asarray(_extract_fn(model, modality, feature, False)(variables, jnp.asarray(images)))
+  feat = np.asarray(extract_fn(model, modality, feature, False)(variables, jnp.asarray(images)))
   return l2_normalise(feat)
 
 

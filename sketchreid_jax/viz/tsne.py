@@ -41,7 +41,7 @@ MARKERS: dict[str, str] = {'photo': 'o', 'aux': '^', 'sketch': '*'}
 
 
 def _l2(x: np.ndarray) -> np.ndarray:
-  from sketchreid_jax.evaluate import l2_normalise  # imports TensorFlow: only on use
+  from sketchreid_jax.evaluation.extract import l2_normalise  # imports TensorFlow: only on use
 
   return l2_normalise(x)
 
