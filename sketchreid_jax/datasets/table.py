@@ -126,7 +126,7 @@ class SampleTable:
     keys = Counter(zip(self.split.tolist(), self.modality.tolist(), self.style.tolist()))
     for split, modality, style in sorted(keys):
       rows = (self.split == split) & (self.modality == modality) & (self.style == style)
-      kind = "photo" if modality == MODALITY_PHOTO else f"sketch {style}"
+      kind = "photo" if modality == PHOTO else f"sketch {style}"
       lines.append(
         f"  {split:<6} {kind:<9} {int(rows.sum()):>7} images "
         f"{len(np.unique(self.pid[rows])):>6} ids"
@@ -136,6 +136,35 @@ class SampleTable:
     else:
       lines.append(f"  attributes: {len(self.attribute_names)} for {len(self.attributes)} ids")
     return "\n".join(lines)
+
+
+def available_styles(table: SampleTable, split: str) -> str:
+  """The sketch styles that have at least one image in ``split``, sorted, as one string."""
+  mask = (table.split == split) & (table.modality == SKETCH)
+  return "".join(sorted(set(table.style[mask].tolist())))
+
+
+def check_styles(table: SampleTable, styles: str, split: str, argument: str) -> str:
+  """``styles`` as sorted distinct letters, or a ValueError naming the ones without a sketch in
+  ``split`` and those available; ``argument`` names the option in the message ('train_styles')."""
+  if not isinstance(styles, str) or not styles:
+    raise ValueError(
+      f"{argument} must be a non-empty string of style letters such as 'A' or "
+      f"'ABCDEF', got {styles!r}."
+    )
+  wanted = "".join(sorted(set(styles)))
+  have = available_styles(table, split)
+  missing = [s for s in wanted if s not in have]
+  if missing:
+    folders = ", ".join(f"{table.root}/sketch/{s}/{split}/" for s in missing)
+    raise ValueError(
+      f"{argument}={styles!r}: no sketches of style(s) {''.join(missing)} in split "
+      f"'{split}' of {table.name or 'the dataset'} (Market-Sketch-1K layout: searched "
+      f"{folders}; PKU-Sketch lists styles in styleAnnotation/; QMUL-ShoeV2/ChairV2 record no "
+      f"sketcher, so all their sketches are style 'A'). Styles available in '{split}': "
+      f"{have or 'none'}; choose among those."
+    )
+  return wanted
 
 
 def attribute_matrix(table: SampleTable, pids: np.ndarray) -> np.ndarray | None:
