@@ -1,6 +1,6 @@
 """Which package may import which: the evaluation never imports ``viz``, ``viz`` uses only public
-names, the evaluation package imports TensorFlow only on use, and the deprecated module paths
-still hand out the moved objects themselves."""
+names, the evaluation package and the sampler import TensorFlow only on use, and the deprecated
+module paths still hand out the moved objects themselves."""
 
 import ast
 import pathlib
@@ -79,12 +79,13 @@ def test_viz_uses_only_public_names(path):
       )
 
 
-def test_evaluation_package_import_leaves_tensorflow_unloaded():
+def test_numpy_only_parts_leave_tensorflow_unloaded():
   code = (
     'import sys\n'
     'import sketchreid_jax.evaluation as ev\n'
+    'import sketchreid_jax.sampler\n'
     'ev.evaluate_rank, ev.sbir_accuracy, ev.k_reciprocal_rerank, ev.format_table\n'
-    "assert 'tensorflow' not in sys.modules, 'evaluation imported TensorFlow eagerly'\n"
+    "assert 'tensorflow' not in sys.modules, 'evaluation or sampler imported TensorFlow'\n"
     'ev.extract_features\n'
     "assert 'tensorflow' in sys.modules\n"
   )
@@ -126,3 +127,36 @@ def test_old_modality_names_are_the_modality_ids():
 
   assert (table.MODALITY_PHOTO, table.MODALITY_SKETCH) == (PHOTO, SKETCH)
   assert (models.PHOTO, models.SKETCH) == (baseline.PHOTO, baseline.SKETCH) == (PHOTO, SKETCH)
+
+
+def test_old_input_pipeline_names_are_the_moved_objects():
+  from sketchreid_jax import augment, input_pipeline, sampler
+  from sketchreid_jax.datasets import table
+
+  moved = {
+    sampler: (
+      'SCHEMES',
+      'TRAIN_SPLIT',
+      'TrainSet',
+      'batch_indices',
+      'host_slice',
+      'make_train_set',
+      'pk_plan',
+      'steps_per_epoch',
+    ),
+    augment: (
+      'IMAGENET_MEAN',
+      'IMAGENET_STD',
+      'PIXEL_MAX',
+      'decode_mask',
+      'decode_rgb',
+      'example_seed',
+      'geometric_augment',
+      'normalize',
+      'random_erase',
+    ),
+    table: ('available_styles',),
+  }
+  for module, names in moved.items():
+    for name in names:
+      assert getattr(input_pipeline, name) is getattr(module, name), name
