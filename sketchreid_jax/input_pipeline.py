@@ -189,9 +189,7 @@ def train_iterator(
     "position": positions,
   }
   if sketch_sets:  # one example per photo and per set member; the 2·p·K columns are added back
-    example_modality = np.repeat(
-      [PHOTO, SKETCH], [batch // 2, width - batch // 2]
-    )
+    example_modality = np.repeat([PHOTO, SKETCH], [batch // 2, width - batch // 2])
     slices = dict(
       slices,
       index=examples.astype(np.int32),
@@ -377,9 +375,7 @@ def make_eval_set(table: SampleTable, test_styles: str, *, multi_query: bool) ->
 
   styles = check_styles(table, test_styles, TEST_SPLIT, "test_styles")
   in_split = table.split == TEST_SPLIT
-  query = np.flatnonzero(
-    in_split & (table.modality == SKETCH) & np.isin(table.style, list(styles))
-  )
+  query = np.flatnonzero(in_split & (table.modality == SKETCH) & np.isin(table.style, list(styles)))
   gallery = np.flatnonzero(in_split & (table.modality == PHOTO))
   if not len(gallery):
     raise ValueError(
