@@ -21,15 +21,15 @@ Interpretations chosen:
 * Preprocessing is the evaluation's, by construction: the images become a one-column
   ``SampleTable`` of encoded bytes (a file's own bytes; an array is PNG-encoded, losslessly),
   PIL-Lanczos-resized first when ``data.resize_antialias`` (as ``datasets.load`` does for the
-  evaluation), and go through ``evaluate.extract_features`` — ``input_pipeline.eval_iterator``
-  (bilinear resize to ``data.image_size``, ImageNet normalisation), ``eval.feature``,
-  ``eval.flip``, L2 normalisation.
+  evaluation), and go through ``evaluation.extract.extract_features`` —
+  ``input_pipeline.eval_iterator`` (bilinear resize to ``data.image_size``, ImageNet
+  normalisation), ``eval.feature``, ``eval.flip``, L2 normalisation.
 * Batches are ``min(eval.batch_size, number of images)`` so one query sketch is not padded to a
   full evaluation batch.
 * ``embed(..., modality='sketch', fuse=True)`` embeds all the images as ONE multi-query query, the
   MM'23 release's ``--test_mq`` path, through the evaluation's own ``'stem'`` aggregate
-  (``evaluate.stem_group_features`` with one group): the mean of their sketch-stem maps goes
-  through ``model.extract_fused`` (the Non-local block if the model has one, then the shared
+  (``evaluation.extract.stem_group_features`` with one group): the mean of their sketch-stem maps
+  goes through ``model.extract_fused`` (the Non-local block if the model has one, then the shared
   stages and head), then ``eval.feature``; with ``eval.flip`` the mirrored sketches are fused and
   embedded separately and the two features averaged, then L2 normalised. It returns shape (1, D),
   one row like every other query, so fused and unfused queries stack; photos have no fused path
@@ -53,15 +53,19 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 import orbax.checkpoint as ocp  # noqa: E402
 
-from sketchreid_jax import evaluate as evaluate_lib  # noqa: E402
 from sketchreid_jax.config_base import base_config, set_keys  # noqa: E402
 from sketchreid_jax.datasets import resize  # noqa: E402
 from sketchreid_jax.datasets.table import make_table  # noqa: E402
+from sketchreid_jax.evaluation.extract import (  # noqa: E402
+  extract_features,
+  extract_fn,
+  stem_group_features,
+)
 from sketchreid_jax.methods import Method, get_method  # noqa: E402
+from sketchreid_jax.modality import PHOTO, SKETCH  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-PHOTO, SKETCH = evaluate_lib.PHOTO, evaluate_lib.SKETCH
 # What ``modality=`` accepts: the names, or the evaluation's ints.
 MODALITIES = {'photo': PHOTO, 'sketch': SKETCH, PHOTO: PHOTO, SKETCH: SKETCH}
 # checkpoint kind -> sub-folder of the workdir (checkpoints.managers)
@@ -340,10 +344,10 @@ def embed(trained: Trained, images: Sequence, *, modality, fuse: bool = False) -
   rows = np.arange(len(table))
   try:
     if fuse:  # the evaluation's 'stem' multi-query aggregate, all the images one group
-      return evaluate_lib.stem_group_features(
+      return stem_group_features(
         trained.model, trained.variables, table, rows, np.zeros(len(rows), int), config=config
       )
-    return evaluate_lib.extract_features(
+    return extract_features(
       trained.model,
       trained.variables,
       table,
@@ -366,7 +370,7 @@ def embedding_fn(trained: Trained, modality):
   """
   if modality not in MODALITIES:
     raise ValueError(f'modality={modality!r}; use one of {sorted(map(str, MODALITIES))}')
-  extract = evaluate_lib._extract_fn(
+  extract = extract_fn(
     trained.model, MODALITIES[modality], trained.config.eval.feature, bool(trained.config.eval.flip)
   )
 

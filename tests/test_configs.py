@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from sketchreid_jax.config_base import load_config
-from sketchreid_jax.evaluate import PROTOCOLS
+from sketchreid_jax.evaluation.protocols import PROTOCOLS
 from sketchreid_jax.methods import METHODS
 from tests.conftest import REPO
 

@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sketchreid_jax import evaluate, input_pipeline
+from sketchreid_jax import input_pipeline
 from sketchreid_jax.config_base import base_config
 from sketchreid_jax.datasets.table import make_table
+from sketchreid_jax.evaluation import protocols as evaluate
 
 H, W = 16, 8
 

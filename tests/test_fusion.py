@@ -242,8 +242,9 @@ def test_the_release_evaluates_after_epochs_3_5_to_81():
 
 
 def test_stem_aggregate_embeds_each_identitys_mean_stem_map(tiny_market, tfds_cache):
-  from sketchreid_jax import datasets, evaluate, input_pipeline
+  from sketchreid_jax import datasets, input_pipeline
   from sketchreid_jax.config_base import base_config
+  from sketchreid_jax.evaluation import extract as evaluate
 
   config = base_config()
   config.data.root, config.data.cache_dir = tiny_market, tfds_cache

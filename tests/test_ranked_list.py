@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from sketchreid_jax.evaluation import evaluate_rank
-from sketchreid_jax.viz.ranked_list import (
+from sketchreid_jax.evaluation.ranked_list import (
   CORRECT_COLOR,
   WRONG_COLOR,
   ranked_list_figure,

@@ -64,7 +64,8 @@ def test_dalnet_shoev2_trains_and_reports_acc_at_k(tiny_shoev2, tfds_cache, tmp_
     saved = json.load(f)['results']['sbir']
   assert {'acc@1', 'acc@5', 'acc@10', 'mAP'} <= set(saved)
   # The same numbers from the saved checkpoint's embeddings, ranked independently.
-  from sketchreid_jax import evaluate, inference
+  from sketchreid_jax import evaluation as evaluate
+  from sketchreid_jax import inference
 
   trained = inference.load_trained(workdir, which='latest')
   table = datasets.load(trained.config.data)

@@ -16,11 +16,11 @@ from sketchreid_jax import viz
 from sketchreid_jax.config_base import load_config
 from sketchreid_jax.evaluation import report
 from sketchreid_jax.methods import get_method
+from sketchreid_jax.modality import PHOTO, SKETCH
 from sketchreid_jax.models import DAG
 from tests.conftest import REPO
 from tests.variables import numpy_variables
 
-PHOTO, SKETCH = 0, 1
 SIZE = (64, 32)
 
 

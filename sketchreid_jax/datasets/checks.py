@@ -20,7 +20,7 @@ printed by ``check_data --cases``):
 
 Interpretations chosen:
 - An image is checked by a full PIL decode (``Image.verify`` passes a truncated JPEG) and by its
-  leading bytes: ``tf.io.decode_image`` (``input_pipeline.decode_rgb``) picks its decoder from them,
+  leading bytes: ``tf.io.decode_image`` (``augment.decode_rgb``) picks its decoder from them,
   whatever the suffix says, and reads JPEG, PNG, GIF and BMP. A file PIL decodes but TF cannot
   (TIFF, WebP, ...) is an error, since training would fail on it mid-epoch.
 - Conversions are what ``decode_rgb`` does (``decode_image(channels=3)``), verified by the tests:
@@ -34,7 +34,7 @@ Interpretations chosen:
   different styles share names by design (``sketch/A/train/0001.jpg``, ``sketch/C/train/0001.jpg``).
 - Identity problems (``pid`` set) are reported once per identity with the path of the folder
   where the missing images were expected; file problems once per file.
-- Training identities and "fewer than K" follow ``input_pipeline.make_train_set`` and ``_draw``:
+- Training identities and "fewer than K" follow ``sampler.make_train_set`` and ``sampler.pk_plan``:
   an identity trains when it has >= 1 training photo and >= 1 training sketch of the training
   styles; an identity with fewer than K images of a modality has them drawn with replacement.
   PKU-Sketch has no fixed training split (it changes per trial), so every identity counts.
@@ -176,7 +176,7 @@ CASES: dict[str, Case] = {
   'fewer_than_K': Case(
     NOTE,
     'a training identity with fewer than K photos or sketches',
-    'its images are drawn with replacement (input_pipeline._draw)',
+    'its images are drawn with replacement (sampler.pk_plan)',
     'nothing to fix; add images to see more distinct ones per batch',
   ),
   # Image files.
@@ -355,7 +355,7 @@ def cases_markdown() -> str:
 
 # --------------------------------------------------------------------------- images
 
-# Leading bytes of the formats tf.io.decode_image (input_pipeline.decode_rgb) reads; it chooses the
+# Leading bytes of the formats tf.io.decode_image (augment.decode_rgb) reads; it chooses the
 # decoder from these alone, whatever the suffix says.
 _DECODABLE = (
   (b'\xff\xd8\xff', 'JPEG'),
@@ -386,7 +386,7 @@ def _decodable_format(data: bytes) -> str | None:
 
 def inspect_image(data: bytes) -> tuple[str, str] | None:
   """(kind, detail) of what ``data`` needs (an error or a 'converted' note), or None if it is an
-  8-bit RGB image that ``input_pipeline.decode_rgb`` reads as it is."""
+  8-bit RGB image that ``augment.decode_rgb`` reads as it is."""
   if not data:
     return 'empty_file', 'unreadable image (the file is empty)'
   fmt = _decodable_format(data)

@@ -10,8 +10,8 @@ Layout read (the distributed archives and ``synthetic_objects`` write the same):
 Protocol ('sbir' of the evaluation package): every test sketch queries all test photos and its
 one true match is the photo of its stem; for training every photo is one class (identity).
 ``load_qmul`` returns a ``SampleTable`` in the Market-Sketch-1K convention, so
-``input_pipeline.make_train_set(table, 'A')`` and ``make_eval_set(table, 'A', multi_query=False)``
-work unchanged. ShoeV2 and ChairV2 share the layout and this reader; the name only labels the
+``sampler.make_train_set(table, 'A')`` and ``input_pipeline.make_eval_set(table, 'A',
+multi_query=False)`` work unchanged. ShoeV2 and ChairV2 share the layout and this reader; the name only labels the
 table.
 
 Interpretations chosen:

@@ -7,7 +7,7 @@ Market-Sketch-1K, PKU-Sketch and the synthetic layouts all produce it.
 Interpretations:
 - ``image`` holds the original encoded file bytes (JPEG/PNG, colour or greyscale); decoding is the
   pipeline's job so that nothing is re-encoded and memory stays at the size of the files.
-- ``modality`` is 0 for photos and 1 for sketches (the convention of the losses, DESIGN §3).
+- ``modality`` is ``modality.PHOTO`` (0) for photos and ``modality.SKETCH`` (1) for sketches.
 - ``style`` is '' for photos and the artist letter for sketches.
 - ``attributes`` is keyed by the ORIGINAL pid (not a training label), because labels depend on the
   chosen training styles while attributes do not.
@@ -19,8 +19,11 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-MODALITY_PHOTO = 0
-MODALITY_SKETCH = 1
+from sketchreid_jax.modality import PHOTO, SKETCH
+
+# The readers' names for the ids of sketchreid_jax.modality.
+MODALITY_PHOTO = PHOTO
+MODALITY_SKETCH = SKETCH
 
 # Name, required dtype kind ('O' object, 'i' signed int, 'U' str) and, for ints, the exact dtype.
 _COLUMNS: tuple[tuple[str, str, type | None], ...] = (
@@ -123,7 +126,7 @@ class SampleTable:
     keys = Counter(zip(self.split.tolist(), self.modality.tolist(), self.style.tolist()))
     for split, modality, style in sorted(keys):
       rows = (self.split == split) & (self.modality == modality) & (self.style == style)
-      kind = "photo" if modality == MODALITY_PHOTO else f"sketch {style}"
+      kind = "photo" if modality == PHOTO else f"sketch {style}"
       lines.append(
         f"  {split:<6} {kind:<9} {int(rows.sum()):>7} images "
         f"{len(np.unique(self.pid[rows])):>6} ids"
@@ -133,6 +136,35 @@ class SampleTable:
     else:
       lines.append(f"  attributes: {len(self.attribute_names)} for {len(self.attributes)} ids")
     return "\n".join(lines)
+
+
+def available_styles(table: SampleTable, split: str) -> str:
+  """The sketch styles that have at least one image in ``split``, sorted, as one string."""
+  mask = (table.split == split) & (table.modality == SKETCH)
+  return "".join(sorted(set(table.style[mask].tolist())))
+
+
+def check_styles(table: SampleTable, styles: str, split: str, argument: str) -> str:
+  """``styles`` as sorted distinct letters, or a ValueError naming the ones without a sketch in
+  ``split`` and those available; ``argument`` names the option in the message ('train_styles')."""
+  if not isinstance(styles, str) or not styles:
+    raise ValueError(
+      f"{argument} must be a non-empty string of style letters such as 'A' or "
+      f"'ABCDEF', got {styles!r}."
+    )
+  wanted = "".join(sorted(set(styles)))
+  have = available_styles(table, split)
+  missing = [s for s in wanted if s not in have]
+  if missing:
+    folders = ", ".join(f"{table.root}/sketch/{s}/{split}/" for s in missing)
+    raise ValueError(
+      f"{argument}={styles!r}: no sketches of style(s) {''.join(missing)} in split "
+      f"'{split}' of {table.name or 'the dataset'} (Market-Sketch-1K layout: searched "
+      f"{folders}; PKU-Sketch lists styles in styleAnnotation/; QMUL-ShoeV2/ChairV2 record no "
+      f"sketcher, so all their sketches are style 'A'). Styles available in '{split}': "
+      f"{have or 'none'}; choose among those."
+    )
+  return wanted
 
 
 def attribute_matrix(table: SampleTable, pids: np.ndarray) -> np.ndarray | None:

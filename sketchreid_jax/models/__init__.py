@@ -5,7 +5,8 @@ CMDSL's FFAM (ffam.py) and backbone (cmdsl.py), and DALNet's parts: the auxiliar
 (dag.py), U²-Net(P) (u2net.py), Modality Interactive Attention (mia.py) and the model (dalnet.py).
 """
 
-from sketchreid_jax.models.baseline import PHOTO, SKETCH, Baseline
+from sketchreid_jax.modality import PHOTO, SKETCH
+from sketchreid_jax.models.baseline import Baseline
 from sketchreid_jax.models.cmdsl import CMDSL
 from sketchreid_jax.models.dag import DAG
 from sketchreid_jax.models.dalnet import DALNet

@@ -14,7 +14,7 @@ Interpretations chosen:
 * ``feat`` is the pre-BN GeM feature (used by WRT/RTCL). The test feature is the L2-normalised
   pre-BN feature by default (post-BN as an option); the normalisation happens in evaluation, not
   in the model, so ``extract`` returns both raw features.
-* Modality is a static Python int: 0 = photo, 1 = sketch.
+* Modality is a static Python int, ``modality.PHOTO`` (0) or ``modality.SKETCH`` (1).
 * The backbone computes in ``dtype``; the heads (GeM, BNNeck, logits) always compute in float32.
 * Parameter tree: ``photo_stem/{conv1,bn1}``, ``sketch_stem/{conv1,bn1}``, ``layer1``…``layer4``
   (torchvision block names inside, see resnet.py), ``gem`` (only with a learnable p),
@@ -36,6 +36,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+# PHOTO and SKETCH stay importable from here (and from models) for older code.
+from sketchreid_jax.modality import PHOTO, SKETCH, check_modality
 from sketchreid_jax.models.fusion import mean_of_sets
 from sketchreid_jax.models.heads import BNNeck, GeM
 from sketchreid_jax.models.nonlocal_block import NonLocal
@@ -50,18 +52,6 @@ from sketchreid_jax.models.resnet import (
 
 Dtype = Any
 Array = jax.Array
-
-PHOTO = 0
-SKETCH = 1
-
-
-def _check_modality(modality: Any) -> int:
-  if isinstance(modality, bool) or not isinstance(modality, int) or modality not in (PHOTO, SKETCH):
-    raise ValueError(
-      f'modality must be the Python int {PHOTO} (photo) or {SKETCH} (sketch), '
-      f'got {modality!r}; it selects a stem and must be static.'
-    )
-  return modality
 
 
 class Baseline(nn.Module):
@@ -130,7 +120,7 @@ class Baseline(nn.Module):
   def stem(self, x: Array, *, modality: int, train: bool, mask: Array | None = None) -> Array:
     """The modality-specific stem: 0 = photo, 1 = sketch. ``mask`` (N,) leaves rows out of the
     BatchNorm statistics (the padding of sketch sets)."""
-    stem = self.photo_stem if _check_modality(modality) == PHOTO else self.sketch_stem
+    stem = self.photo_stem if check_modality(modality) == PHOTO else self.sketch_stem
     return stem(x, train=train, mask=mask)
 
   def fuse(self, mean_maps: Array, *, train: bool) -> Array:

@@ -12,7 +12,7 @@ Interpretations chosen:
   (as the baseline's shared stages mix two).
 * The auxiliary image of photo i is DAG(photo i, mask i), so row i of the aux stream has photo i's
   identity. The batch layout [photos | sketches] pairs photo i with sketch i of the same identity
-  (input_pipeline's module doc), which is how MIA pairs (X_photo_i, A_i) and (X_sketch_i, A_i).
+  (sampler's module doc), which is how MIA pairs (X_photo_i, A_i) and (X_sketch_i, A_i).
 * The foreground ``mask`` arrives with the batch, one (H, W, 1) map per row of [photos | sketches]
   (sketch rows are ignored): precomputed by the frozen U²-Net, computed in the step by the frozen
   U²-Net, or absent (no masking) — DESIGN §4's three mask sources. The U²-Net is not a submodule:
@@ -70,7 +70,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sketchreid_jax.models.baseline import PHOTO, SKETCH
+from sketchreid_jax.modality import PHOTO, SKETCH
 from sketchreid_jax.models.dag import DAG
 from sketchreid_jax.models.heads import BNNeck, GeM
 from sketchreid_jax.models.mia import MIA

@@ -11,9 +11,10 @@ two places, and so do we:
   (``input_pipeline`` builds these sets). The K slots of one identity therefore differ only by
   augmentation. Sets have different sizes, so they are padded to the largest and carry a validity
   mask: padded images take no part in the mean nor in the stem's BatchNorm statistics;
-* evaluation (``config.eval.multi_query_aggregate='stem'``, ``--test_mq``): ``evaluate.py``
-  accumulates the stem maps of each query group and embeds their mean through the model's
-  ``extract_fused`` (Non-local block, then the shared layers).
+* evaluation (``config.eval.multi_query_aggregate='stem'``, ``--test_mq``):
+  ``evaluation.extract.stem_group_features`` accumulates the stem maps of each query group and
+  embeds their mean through the model's ``extract_fused`` (Non-local block, then the shared
+  layers).
 
 Interpretation chosen: the release calls the stem once per set, so in training mode each set's
 BatchNorm statistics are its own (and the running averages are updated once per set). We run the

@@ -183,16 +183,17 @@ def bench_step(args) -> dict:
 def bench_pipeline(args) -> dict:
   import numpy as np
 
-  from sketchreid_jax import datasets, input_pipeline
+  from sketchreid_jax import datasets, input_pipeline, sampler
   from sketchreid_jax.config_base import base_config
+  from sketchreid_jax.datasets.table import available_styles
 
   config = _config(args)
   data = base_config().data
   data.root = args.data_root
   table = datasets.load(data)
-  train_set = input_pipeline.make_train_set(table, input_pipeline.available_styles(table, 'train'))
+  train_set = sampler.make_train_set(table, available_styles(table, 'train'))
   P, K = config.sampler.P, config.sampler.K
-  plan = input_pipeline.pk_plan(train_set, P=P, K=K, epoch=0, seed=0)
+  plan = sampler.pk_plan(train_set, P=P, K=K, epoch=0, seed=0)
   out = {'image_size': list(config.data.image_size), 'batch': 2 * P * K}
   for threads, name in ((1, 'images_per_s_1_thread'), (0, 'images_per_s_all_threads')):
     it = input_pipeline.train_iterator(

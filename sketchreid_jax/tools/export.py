@@ -57,7 +57,7 @@ def export_saved_model(trained, out: str, *, platforms: Sequence[str] = DEFAULT_
   """Writes ``trained`` (an ``inference.Trained``) as a SavedModel in ``out``; returns its metadata."""
   from jax.experimental import jax2tf
 
-  from sketchreid_jax import inference, input_pipeline
+  from sketchreid_jax import augment, inference
   from sketchreid_jax.tf_setup import tf
 
   height, width = trained.config.data.image_size
@@ -78,7 +78,7 @@ def export_saved_model(trained, out: str, *, platforms: Sequence[str] = DEFAULT_
 
     def serve(images):
       resized = tf.image.resize(tf.cast(images, tf.float32), (height, width), method='bilinear')
-      return {'embedding': embed(module.model_variables, input_pipeline.normalize(resized))}
+      return {'embedding': embed(module.model_variables, augment.normalize(resized))}
 
     return tf.function(
       serve,

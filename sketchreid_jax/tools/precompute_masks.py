@@ -95,7 +95,7 @@ def _load(root: Path, path: str, size: tuple[int, int]) -> tuple[np.ndarray, tup
   """The photo resized to ``size``, ImageNet-normalised, and its original (W, H)."""
   from PIL import Image
 
-  from sketchreid_jax.input_pipeline import IMAGENET_MEAN, IMAGENET_STD
+  from sketchreid_jax.augment import IMAGENET_MEAN, IMAGENET_STD
 
   try:
     with Image.open(root / path) as im:

@@ -125,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> list[tuple[str, float]]:
 
 
 def _write_figure(args, shown: list[str], scores: list[float]) -> None:
-  from sketchreid_jax.viz.ranked_list import ranked_list_figure
+  from sketchreid_jax.evaluation.ranked_list import ranked_list_figure
 
   correct = None
   if args.id_prefix_len > 0:

@@ -3,9 +3,15 @@ previews and ranked lists. Every figure is a matplotlib ``Figure`` on the Agg ca
 ``pyplot``), so importing this package never changes a notebook's backend.
 
 ``viz.gradcam`` is the Grad-CAM function (the module's own names, its stage-split registry
-included, are re-exported here).
+included, are re-exported here). The ranked lists are the figure the evaluation draws
+into ``ranked_list.png`` (``evaluation.ranked_list``), re-exported here.
 """
 
+from sketchreid_jax.evaluation.ranked_list import (
+  ranked_list_figure,
+  ranked_list_from_eval,
+  top_k_matches,
+)
 from sketchreid_jax.viz.cmc import load_cmc, plot_cmc_runs
 from sketchreid_jax.viz.dag_preview import auxiliary_images, dag_preview_figure
 from sketchreid_jax.viz.gradcam import (
@@ -18,7 +24,6 @@ from sketchreid_jax.viz.gradcam import (
   overlay_figure,
   valid_stages,
 )
-from sketchreid_jax.viz.ranked_list import ranked_list_figure, ranked_list_from_eval, top_k_matches
 from sketchreid_jax.viz.tsne import modality_embeddings, tsne_figure, tsne_points
 
 __all__ = [

@@ -11,7 +11,7 @@ Interpretations chosen:
   run, labelled ``'run: protocol'`` (just ``'run'`` when the file has one protocol); a protocol
   name draws only that protocol and a run without it is an error listing the ones it has.
 * Chance curves (``chance=True``) are read from the file: ``extra['chance'][protocol]``
-  (``evaluate.evaluate`` stores every protocol's there), else the top-level ``chance``, which
+  (``evaluation.evaluate`` stores every protocol's there), else the top-level ``chance``, which
   belongs to the first protocol. Identical chance curves (runs on the same split) are drawn once,
   dashed: grey when there is one, else in the colour of the first curve it belongs to. Arrays and
   ``RankResult`` runs have no chance curve.

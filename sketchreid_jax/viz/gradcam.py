@@ -63,7 +63,6 @@ __all__ = [
   'valid_stages',
 ]
 
-PHOTO, SKETCH = 0, 1
 ALL_STAGES: tuple[str, ...] = ('stem', *STAGE_NAMES)
 FEATURES: tuple[str, ...] = ('feat', 'bn_feat')
 
@@ -107,11 +106,11 @@ def embed(model, variables, images, *, modality: int, feature: str = 'feat') -> 
   reference ``target`` of :func:`gradcam`."""
   if feature not in FEATURES:
     raise ValueError(f'embed: feature must be one of {FEATURES}, got {feature!r}.')
-  # The evaluation's own compiled extractor (no flip: a heatmap explains one image). evaluate
-  # imports TensorFlow, so only on use: importing viz stays light.
-  from sketchreid_jax.evaluate import _extract_fn, l2_normalise
+  # The evaluation's own compiled extractor (no flip: a heatmap explains one image). It imports
+  # TensorFlow, so only on use: importing viz stays light.
+  from sketchreid_jax.evaluation.extract import extract_fn, l2_normalise
 
-  feat = np.asarray(_extract_fn(model, modality, feature, False)(variables, jnp.asarray(images)))
+  feat = np.asarray(extract_fn(model, modality, feature, False)(variables, jnp.asarray(images)))
   return l2_normalise(feat)
 
 

@@ -32,7 +32,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from sketchreid_jax.viz.gradcam import FEATURES, PHOTO, SKETCH, embed
+from sketchreid_jax.modality import PHOTO, SKETCH
+from sketchreid_jax.viz.gradcam import FEATURES, embed
 
 __all__ = ['MARKERS', 'modality_embeddings', 'tsne_figure', 'tsne_points']
 
@@ -40,7 +41,7 @@ MARKERS: dict[str, str] = {'photo': 'o', 'aux': '^', 'sketch': '*'}
 
 
 def _l2(x: np.ndarray) -> np.ndarray:
-  from sketchreid_jax.evaluate import l2_normalise  # imports TensorFlow: only on use
+  from sketchreid_jax.evaluation.extract import l2_normalise  # imports TensorFlow: only on use
 
   return l2_normalise(x)
 
