@@ -1,5 +1,5 @@
 r"""The MM'23 "Beyond Domain Gap" baseline on Market-Sketch-1K: two-stream ResNet-50, GeM + BNNeck,
-identity loss and the weighted regularised triplet (DESIGN §4).
+identity loss and the weighted regularised triplet (docs/design.md §4).
 
 Launch (from the repository root, after `make demo` has created .venv):
 

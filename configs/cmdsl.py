@@ -1,4 +1,4 @@
-r"""CMDSL (seed 000, ICIC 2025): the MM'23 two-stream baseline + FFAM after every ResNet stage +
+r"""CMDSL (ICIC 2025): the MM'23 two-stream baseline + FFAM after every ResNet stage +
 RTCL, with the total loss of Eq. 13: L = L_id + L_wrt + λ1 (L_ic + L_dt) + λ2 L_rtcl, λ1 = 0.5,
 λ2 = 0.9.
 

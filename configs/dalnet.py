@@ -1,5 +1,5 @@
-r"""DALNet (seed 003, AAAI 2024): DAG auxiliary modality, three-stream ResNet-50, MIA (BAM + ACA),
-identity + cross-/intra-modal circle + style refinement losses (DESIGN §4).
+r"""DALNet (AAAI 2024): DAG auxiliary modality, three-stream ResNet-50, MIA (BAM + ACA),
+identity + cross-/intra-modal circle + style refinement losses (docs/design.md §4).
 
 Launch (from the repository root, after `make demo` has created .venv):
 
@@ -42,7 +42,7 @@ model.sketch_fusion is refused for this method (validate.py).
 What the seed does not give (its formula images and most numbers were lost), and what we chose:
 loss weights (all 1), optimiser and schedule (the MM'23 baseline's: SGD Nesterov, lr 0.1 with the
 backbone at 0.1×, 10 warm-up epochs, ×0.1 at 20 and 50, 80 epochs), P×K = 8×4, image 288×144,
-MIA reduction 16. Circle m = 0.25, γ = 64 and the style τ = 0.07 are DESIGN's / the seed's.
+MIA reduction 16. Circle m = 0.25, γ = 64 and the style τ = 0.07 are the circle loss's usual values (Sun et al.) and DALNet's stated temperature.
 
 Training from scratch (no --config.model.init_checkpoint) with the circle terms on, add
 --config.optim.grad_clip_norm=5: their early gradients (global norm > 100 with γ = 64) made SGD at

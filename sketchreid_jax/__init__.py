@@ -1,6 +1,6 @@
 """sketchreid-jax: sketch-based person re-identification in JAX/Flax.
 
-Read ``DESIGN.md`` (shared with the project) and the README for the map of the package.
+Read ``docs/design.md`` and the README for the map of the package.
 """
 
-__version__ = "0.1.0"
+__version__ = '0.1.0'

@@ -1,4 +1,4 @@
-"""Decoding and augmentation: tf.data ops on one image, seeded statelessly (DESIGN §4).
+"""Decoding and augmentation: tf.data ops on one image, seeded statelessly (docs/design.md §4).
 
 The training chain (``input_pipeline.train_iterator`` applies it per example):
 ``decode_rgb`` -> ``geometric_augment`` (bilinear resize to image_size -> zero-pad ``pad`` pixels,
@@ -55,7 +55,7 @@ def geometric_augment(
   crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
   height, width = image_size
   channels = stack.shape[-1] if stack.shape[-1] is not None else tf.shape(stack)[-1]
-  stack = tf.image.resize(stack, (height, width), method="bilinear")
+  stack = tf.image.resize(stack, (height, width), method='bilinear')
   if pad > 0:
     stack = tf.pad(stack, [[pad, pad], [pad, pad], [0, 0]])
     stack = tf.image.stateless_random_crop(stack, [height, width, channels], crop_seed)

@@ -64,7 +64,7 @@ def common_config() -> ml_collections.ConfigDict:
   c.sampler.K = 4  # photos and sketches per identity (batch = 2·P·K)
   # 'cycle': identities walk per-epoch permutations, images drawn without replacement when the
   # identity has >= K (ours); 'release': the MM'23 release's IdentitySampler, P identities drawn
-  # afresh for every batch and K images always with replacement (input_pipeline.pk_plan).
+  # afresh for every batch and K images always with replacement (sampler.pk_plan).
   c.sampler.scheme = 'cycle'
 
   c.model = ml_collections.ConfigDict()

@@ -1,4 +1,4 @@
-"""A trained model without its dataset: load a training workdir, embed images (DESIGN §2, "evaluate").
+"""A trained model without its dataset: load a training workdir, embed images (docs/design.md §2, "evaluate").
 
 ``load_trained(workdir)`` rebuilds what ``train.train_and_evaluate`` wrote — ``config.json``,
 ``train_meta.json`` and the orbax checkpoints in ``best/`` or ``checkpoints/`` — into a
@@ -46,6 +46,8 @@ import os
 from typing import Any, Sequence
 
 from sketchreid_jax.tf_setup import tf  # noqa: E402  (hides GPUs from TF before JAX starts)
+
+# isort: split
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -321,7 +323,7 @@ def embed(trained: Trained, images: Sequence, *, modality, fuse: bool = False) -
     raise ValueError(f'modality={modality!r}; use one of {sorted(map(str, MODALITIES))}')
   if fuse and MODALITIES[modality] != SKETCH:
     raise ValueError(
-      f'embed: fuse=True fuses one identity\'s sketches into one query; modality={modality!r} '
+      f"embed: fuse=True fuses one identity's sketches into one query; modality={modality!r} "
       "has no fused path, use modality='sketch' or fuse=False."
     )
   if fuse and not hasattr(trained.model, 'extract_fused'):

@@ -1,4 +1,4 @@
-"""Input pipeline: tf.data iterators over a sample table, and the evaluation sets (DESIGN §2, §5).
+"""Input pipeline: tf.data iterators over a sample table, and the evaluation sets (docs/design.md §2, §5).
 
 ``train_iterator`` turns a P×K plan (sampler.py, which also describes the batch layout) into
 decoded, augmented batches (augment.py: the chain, its stateless per-example seeds), so a restart
@@ -21,8 +21,6 @@ the table's ``available_styles`` are re-exported here, where they used to live.
 import dataclasses
 import warnings
 from typing import Iterator, Sequence
-
-from sketchreid_jax.tf_setup import tf  # noqa: E402  (hides GPUs from TF first)
 
 import numpy as np  # noqa: E402
 
@@ -53,8 +51,9 @@ from sketchreid_jax.sampler import (  # noqa: E402,F401  (re-exported)
   pk_plan,
   steps_per_epoch,
 )
+from sketchreid_jax.tf_setup import tf  # noqa: E402  (hides GPUs from TF first)
 
-TEST_SPLIT = "query"
+TEST_SPLIT = 'query'
 
 
 # --------------------------------------------------------------------------- iterators
@@ -76,8 +75,8 @@ def _image_bank(
 def _check_rows(table: SampleTable, rows: np.ndarray, argument: str) -> None:
   if rows.size and (rows.min() < 0 or rows.max() >= len(table)):
     raise ValueError(
-      f"{argument}: row indices must lie in [0, {len(table)}) for this table, "
-      f"got range [{rows.min()}, {rows.max()}]; was it built from another table?"
+      f'{argument}: row indices must lie in [0, {len(table)}) for this table, '
+      f'got range [{rows.min()}, {rows.max()}]; was it built from another table?'
     )
 
 
@@ -132,61 +131,61 @@ def train_iterator(
   plan = np.asarray(plan)
   if plan.ndim != 4 or plan.shape[2] != 2:
     raise ValueError(
-      f"train_iterator: plan must have shape (steps, p, 2, K) as returned by "
-      f"pk_plan/host_slice, got {plan.shape}."
+      f'train_iterator: plan must have shape (steps, p, 2, K) as returned by '
+      f'pk_plan/host_slice, got {plan.shape}.'
     )
   steps = plan.shape[0]
   if not 0 <= start_step <= steps:
     raise ValueError(
-      f"train_iterator: start_step={start_step} outside [0, {steps}] for a plan of {steps} steps."
+      f'train_iterator: start_step={start_step} outside [0, {steps}] for a plan of {steps} steps.'
     )
   rows = batch_indices(plan[start_step:]).astype(np.int64)  # (steps - start_step, B)
-  _check_rows(table, rows, "train_iterator plan")
+  _check_rows(table, rows, 'train_iterator plan')
   batch = rows.shape[1]
   labels = train_set.labels[rows]
   if (labels < 0).any():
     raise ValueError(
-      "train_iterator: the plan holds rows outside the train set; build the plan "
-      "with pk_plan from this train_set."
+      'train_iterator: the plan holds rows outside the train set; build the plan '
+      'with pk_plan from this train_set.'
     )
   modality = table.modality[rows].astype(np.int32)
   expected = np.repeat([PHOTO, SKETCH], batch // 2)
   if not (modality == expected).all():
     raise ValueError(
-      "train_iterator: plan rows do not follow [photos | sketches]; pass the "
-      "plan from pk_plan/host_slice unchanged."
+      'train_iterator: plan rows do not follow [photos | sketches]; pass the '
+      'plan from pk_plan/host_slice unchanged.'
     )
   examples, valid, set_valid = rows, np.ones(rows.shape, bool), None
   if sketch_sets:
     if masks is not None:
       raise ValueError(
-        "train_iterator: sketch_sets and masks do not combine (DALNet has no fusion)."
+        'train_iterator: sketch_sets and masks do not combine (DALNet has no fusion).'
       )
     examples, valid, set_valid = _set_examples(rows, labels, train_set)
   bank, local = _image_bank(table, examples)
   if masks is not None:
     if len(masks) != len(table):
       raise ValueError(
-        f"train_iterator: masks has {len(masks)} entries for a table of {len(table)} rows; "
-        "build it with datasets.masks.load_masks(table, ...)."
+        f'train_iterator: masks has {len(masks)} entries for a table of {len(table)} rows; '
+        'build it with datasets.masks.load_masks(table, ...).'
       )
     photo_rows = rows[:, : batch // 2]
     if not all(masks[r] for r in np.unique(photo_rows)):
       raise ValueError(
-        "train_iterator: masks lacks some photo rows of this plan; load_masks must be given "
-        "every training photo row."
+        'train_iterator: masks lacks some photo rows of this plan; load_masks must be given '
+        'every training photo row.'
       )
     mask_bank, _ = _image_bank(table, rows, masks)
   width = examples.shape[1]
   step_ids = np.repeat(np.arange(start_step, steps, dtype=np.int64)[:, None], width, axis=1)
   positions = np.broadcast_to(np.arange(width, dtype=np.int64), examples.shape)
   slices = {
-    "local": local,
-    "index": rows.astype(np.int32),
-    "label": labels.astype(np.int32),
-    "modality": modality,
-    "step": step_ids,
-    "position": positions,
+    'local': local,
+    'index': rows.astype(np.int32),
+    'label': labels.astype(np.int32),
+    'modality': modality,
+    'step': step_ids,
+    'position': positions,
   }
   if sketch_sets:  # one example per photo and per set member; the 2·p·K columns are added back
     example_modality = np.repeat([PHOTO, SKETCH], [batch // 2, width - batch // 2])
@@ -200,19 +199,19 @@ def train_iterator(
   slices = {k: np.ascontiguousarray(v).reshape(-1) for k, v in slices.items()}
 
   def load(example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-    key = example_seed(seed, epoch, example["step"], process_index, example["position"])
+    key = example_seed(seed, epoch, example['step'], process_index, example['position'])
     geometry_seed, erase_seed = tf.unstack(tf.random.experimental.stateless_split(key, 2))
-    image = decode_rgb(tf.gather(bank, example["local"]))
+    image = decode_rgb(tf.gather(bank, example['local']))
     if masks is not None:
-      is_photo = tf.equal(example["modality"], PHOTO)
+      is_photo = tf.equal(example['modality'], PHOTO)
       mask = tf.cond(
         is_photo,
-        lambda: decode_mask(tf.gather(mask_bank, example["local"])),
+        lambda: decode_mask(tf.gather(mask_bank, example['local'])),
         lambda: tf.ones_like(image[..., :1]),
       )
       mask = tf.ensure_shape(mask, [None, None, 1])
       # A mask written at another size than its photo still lines up after the resize below.
-      mask = tf.image.resize(mask, tf.shape(image)[:2], method="bilinear")
+      mask = tf.image.resize(mask, tf.shape(image)[:2], method='bilinear')
       stack = geometric_augment(
         tf.concat([image, mask], axis=-1),
         geometry_seed,
@@ -234,19 +233,19 @@ def train_iterator(
       attempts=erasing_attempts,
     )
     out = {
-      "image": image,
-      "label": example["label"],
-      "modality": example["modality"],
-      "index": example["index"],
+      'image': image,
+      'label': example['label'],
+      'modality': example['modality'],
+      'index': example['index'],
     }
     if masks is not None:
-      out["mask"] = mask
+      out['mask'] = mask
     return out
 
   def load_member(example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
     height, width = image_size
-    padding = lambda: {"image": tf.zeros((height, width, 3), tf.float32)}
-    return tf.cond(example["valid"], lambda: {"image": load(example)["image"]}, padding)
+    padding = lambda: {'image': tf.zeros((height, width, 3), tf.float32)}
+    return tf.cond(example['valid'], lambda: {'image': load(example)['image']}, padding)
 
   ds = tf.data.Dataset.from_tensor_slices(slices)
   ds = ds.map(load_member if sketch_sets else load, num_parallel_calls=tf.data.AUTOTUNE)
@@ -256,14 +255,14 @@ def train_iterator(
     return
   half = batch // 2
   for i, out in enumerate(batches):
-    images = out["image"]
+    images = out['image']
     yield {
-      "image": images[:half],
-      "sketch_set": images[half:].reshape(half, set_valid.shape[-1], *images.shape[1:]),
-      "sketch_valid": set_valid[i],
-      "label": labels[i].astype(np.int32),
-      "modality": modality[i],
-      "index": rows[i].astype(np.int32),
+      'image': images[:half],
+      'sketch_set': images[half:].reshape(half, set_valid.shape[-1], *images.shape[1:]),
+      'sketch_valid': set_valid[i],
+      'label': labels[i].astype(np.int32),
+      'modality': modality[i],
+      'index': rows[i].astype(np.int32),
     }
 
 
@@ -305,26 +304,26 @@ def eval_iterator(
   """
   rows = np.asarray(indices, dtype=np.int64).reshape(-1)
   if rows.size == 0:
-    raise ValueError("eval_iterator: no indices to evaluate; check the EvalSet it came from.")
+    raise ValueError('eval_iterator: no indices to evaluate; check the EvalSet it came from.')
   if batch_size < 1:
-    raise ValueError(f"eval_iterator: batch_size must be >= 1, got {batch_size}.")
-  _check_rows(table, rows, "eval_iterator indices")
+    raise ValueError(f'eval_iterator: batch_size must be >= 1, got {batch_size}.')
+  _check_rows(table, rows, 'eval_iterator indices')
   bank, local = _image_bank(table, rows)
   padding = -len(rows) % batch_size
   slices = {
-    "local": np.concatenate([local, np.zeros(padding, np.int64)]),
-    "index": np.concatenate([rows, -np.ones(padding, np.int64)]).astype(np.int32),
-    "valid": np.concatenate([np.ones(len(rows), bool), np.zeros(padding, bool)]),
+    'local': np.concatenate([local, np.zeros(padding, np.int64)]),
+    'index': np.concatenate([rows, -np.ones(padding, np.int64)]).astype(np.int32),
+    'valid': np.concatenate([np.ones(len(rows), bool), np.zeros(padding, bool)]),
   }
   height, width = image_size
 
   def load(example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
     def real() -> tf.Tensor:
-      image = decode_rgb(tf.gather(bank, example["local"]))
-      return normalize(tf.image.resize(image, (height, width), method="bilinear"))
+      image = decode_rgb(tf.gather(bank, example['local']))
+      return normalize(tf.image.resize(image, (height, width), method='bilinear'))
 
-    image = tf.cond(example["valid"], real, lambda: tf.zeros((height, width, 3), tf.float32))
-    return {"image": image, "index": example["index"], "valid": example["valid"]}
+    image = tf.cond(example['valid'], real, lambda: tf.zeros((height, width, 3), tf.float32))
+    return {'image': image, 'index': example['index'], 'valid': example['valid']}
 
   ds = tf.data.Dataset.from_tensor_slices(slices).map(load, num_parallel_calls=tf.data.AUTOTUNE)
   yield from _finish(ds, batch_size, prefetch).as_numpy_iterator()
@@ -365,7 +364,7 @@ class EvalSet:
 
 
 def make_eval_set(table: SampleTable, test_styles: str, *, multi_query: bool) -> EvalSet:
-  """Test sketches of ``test_styles`` vs every photo of split 'query' (DESIGN §5).
+  """Test sketches of ``test_styles`` vs every photo of split 'query' (docs/design.md §5).
 
   Refuses an empty query set (a style without test sketches; the error names the styles and
   those available) and duplicate file names among the rows it would rank (the same name stem in
@@ -373,13 +372,13 @@ def make_eval_set(table: SampleTable, test_styles: str, *, multi_query: bool) ->
   """
   from sketchreid_jax.datasets.checks import duplicate_groups
 
-  styles = check_styles(table, test_styles, TEST_SPLIT, "test_styles")
+  styles = check_styles(table, test_styles, TEST_SPLIT, 'test_styles')
   in_split = table.split == TEST_SPLIT
   query = np.flatnonzero(in_split & (table.modality == SKETCH) & np.isin(table.style, list(styles)))
   gallery = np.flatnonzero(in_split & (table.modality == PHOTO))
   if not len(gallery):
     raise ValueError(
-      f"make_eval_set: {table.name or 'the dataset'} at {table.root} has no "
+      f'make_eval_set: {table.name or "the dataset"} at {table.root} has no '
       f"photo in split '{TEST_SPLIT}' (Market-Sketch-1K: {table.root}/photo/query/)."
     )
   keys = list(zip(table.modality.tolist(), table.style.tolist()))
@@ -387,19 +386,19 @@ def make_eval_set(table: SampleTable, test_styles: str, *, multi_query: bool) ->
   ranked[query] = ranked[gallery] = True
   dupes = [ids for ids in duplicate_groups(table.path, keys) if ranked[ids].any()]
   if dupes:
-    listed = "; ".join(" = ".join(table.path[ids]) for ids in dupes)
+    listed = '; '.join(' = '.join(table.path[ids]) for ids in dupes)
     raise ValueError(
-      f"make_eval_set(test_styles={styles!r}): {len(dupes)} file name(s) of "
-      f"{table.name or 'the dataset'} at {table.root} occur more than once in one modality and "
-      f"style, so one image would be ranked twice or was also trained on: {listed}. Keep one "
-      f"copy, in the folder of its split (`python -m sketchreid_jax.tools.check_data "
-      f"{table.root or '<root>'}` lists every such file)."
+      f'make_eval_set(test_styles={styles!r}): {len(dupes)} file name(s) of '
+      f'{table.name or "the dataset"} at {table.root} occur more than once in one modality and '
+      f'style, so one image would be ranked twice or was also trained on: {listed}. Keep one '
+      f'copy, in the folder of its split (`python -m sketchreid_jax.tools.check_data '
+      f'{table.root or "<root>"}` lists every such file).'
     )
   unmatched = np.setdiff1d(table.pid[query], table.pid[gallery])
   if len(unmatched):
     warnings.warn(
-      f"make_eval_set(test_styles={styles!r}): {len(unmatched)} query identities "
-      f"have no gallery photo and will count as unmatched: {unmatched.tolist()}."
+      f'make_eval_set(test_styles={styles!r}): {len(unmatched)} query identities '
+      f'have no gallery photo and will count as unmatched: {unmatched.tolist()}.'
     )
   groups = group_pids = None
   if multi_query:
@@ -421,8 +420,15 @@ def make_eval_set(table: SampleTable, test_styles: str, *, multi_query: bool) ->
 
 
 def train_batches(
-  config, table: SampleTable, train_set: TrainSet, plan: np.ndarray, *, epoch: int,
-  start_step: int = 0, masks=None, process_index: int = 0,
+  config,
+  table: SampleTable,
+  train_set: TrainSet,
+  plan: np.ndarray,
+  *,
+  epoch: int,
+  start_step: int = 0,
+  masks=None,
+  process_index: int = 0,
 ) -> Iterator[dict[str, np.ndarray]]:
   """:func:`train_iterator` with its settings read from ``config`` (its data and seed)."""
   d = config.data

@@ -2,7 +2,7 @@
 
 Why 0 and 1, in this order: a training batch is laid out photos first, then sketches
 (``sampler``'s module doc), so a batch's ``modality`` column is 0 then 1 and the losses
-(``losses.rtcl``, DESIGN §3) and the two-stream models index the halves by it. The sample table's
+(``losses.rtcl``, docs/design.md §3) and the two-stream models index the halves by it. The sample table's
 ``modality`` column, the models' ``modality=`` argument and the evaluation's extractors use the same
 ids, so a row's modality is what selects its stem.
 """

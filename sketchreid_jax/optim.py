@@ -19,7 +19,7 @@ from sketchreid_jax.methods import get_method
 
 
 def lr_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int, base_lr: float):
-  """The epoch-wise step schedule of DESIGN §4 as a function of the global step.
+  """The epoch-wise step schedule of docs/design.md §4 as a function of the global step.
 
   For epoch e: base·(e+1)/warmup for e < warmup, then base × gamma^(number of milestones ≤ e).
   """
@@ -45,7 +45,7 @@ def param_groups(params, head_modules, frozen_paths=()) -> Any:
   present = [m for m in head_modules if m in params]
   if not present:
     raise ValueError(
-      f'config.optim.head_modules={tuple(head_modules)} matches none of the model\'s '
+      f"config.optim.head_modules={tuple(head_modules)} matches none of the model's "
       f'parameter collections {sorted(params)}'
     )
   flat = traverse_util.flatten_dict(params, sep='/')
@@ -53,7 +53,7 @@ def param_groups(params, head_modules, frozen_paths=()) -> Any:
   if unmatched:
     raise ValueError(
       f'frozen parameters {unmatched} are not in the model (its parameters: '
-      f'{sorted(flat)[:8]}...); the method\'s frozen_params names a path that does not exist.'
+      f"{sorted(flat)[:8]}...); the method's frozen_params names a path that does not exist."
     )
 
   def label(path: str) -> str:
@@ -122,7 +122,7 @@ def _clip(params, max_norm: float, exempt: tuple[str, ...]) -> optax.GradientTra
   # As head_modules: an ablation may lack some of them (no MIA, no mia_bnneck), not all.
   if not any(m in params for m in exempt):
     raise ValueError(
-      f'config.optim.clip_exempt={exempt} matches none of the model\'s parameter collections '
+      f"config.optim.clip_exempt={exempt} matches none of the model's parameter collections "
       f'{sorted(params)}.'
     )
   labels = {

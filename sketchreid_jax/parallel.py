@@ -4,7 +4,7 @@ The train step (``train.train_step``) is written once for *one device's shard* o
 named-axis collectives over the axis ``'data'``: features and labels are all-gathered so that the
 losses see the global P×K batch, gradients and metrics are averaged with ``pmean``, and BatchNorm
 statistics are synchronised because every BatchNorm gets ``axis_name='data'``. Two launchers compile
-that same function (DESIGN §6):
+that same function (docs/design.md §6):
 
 * ``'shard_map'`` (default): ``jax.jit(jax.shard_map(step))`` on a 1-D ``('data',)`` mesh of all
   devices (all hosts); the state is replicated, the batch is sharded along its first axis.
@@ -31,7 +31,8 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 AXIS = 'data'
 
@@ -108,7 +109,7 @@ def initialize_distributed(parallel_config=None) -> bool:
       kwargs['coordinator_address'] = address
     if cluster is None and None in kwargs.values():
       raise ValueError(
-        f'a coordinator is given ({source}) but not this process\'s place in the job: set '
+        f"a coordinator is given ({source}) but not this process's place in the job: set "
         '--config.parallel.num_processes=N and --config.parallel.process_id=0..N-1 (different on '
         'every process), or launch with srun/mpirun, whose environment provides them.'
       )
@@ -136,7 +137,7 @@ def check_identity_split(
   """Raises unless the P identities of a batch split evenly over every process's devices.
 
   Each process reads P/num_processes identities of the P×K plan and gives each of its devices
-  P/(num_processes·local_devices) of them (DESIGN §6). Defaults: this job's counts.
+  P/(num_processes·local_devices) of them (docs/design.md §6). Defaults: this job's counts.
   """
   num_processes = jax.process_count() if num_processes is None else num_processes
   local_devices = jax.local_device_count() if local_devices is None else local_devices

@@ -1,4 +1,4 @@
-"""The P×K sampler: which table rows make up each training batch, as numpy plans (DESIGN §2).
+"""The P×K sampler: which table rows make up each training batch, as numpy plans (docs/design.md §2).
 
 ``make_train_set`` picks the training identities for the chosen sketch styles; ``pk_plan`` draws,
 from (seed, epoch) alone, an epoch of batches as row indices of the table; ``host_slice`` gives each
@@ -35,7 +35,7 @@ import numpy as np
 from sketchreid_jax.datasets.table import SampleTable, attribute_matrix, check_styles
 from sketchreid_jax.modality import PHOTO, SKETCH
 
-TRAIN_SPLIT = "train"
+TRAIN_SPLIT = 'train'
 
 
 # --------------------------------------------------------------------------- train set
@@ -76,16 +76,16 @@ class TrainSet:
 
 def _group_rows(rows: np.ndarray, row_pids: np.ndarray, pids: np.ndarray) -> list[np.ndarray]:
   """For each pid in ``pids`` (sorted), the entries of ``rows`` whose pid matches, in row order."""
-  order = np.argsort(row_pids, kind="stable")
+  order = np.argsort(row_pids, kind='stable')
   sorted_pids = row_pids[order]
-  starts = np.searchsorted(sorted_pids, pids, side="left")
-  ends = np.searchsorted(sorted_pids, pids, side="right")
+  starts = np.searchsorted(sorted_pids, pids, side='left')
+  ends = np.searchsorted(sorted_pids, pids, side='right')
   return [rows[order[s:e]] for s, e in zip(starts, ends)]
 
 
 def make_train_set(table: SampleTable, train_styles: str) -> TrainSet:
   """Training photos + training sketches of ``train_styles``, relabelled 0..C-1 by sorted pid."""
-  styles = check_styles(table, train_styles, TRAIN_SPLIT, "train_styles")
+  styles = check_styles(table, train_styles, TRAIN_SPLIT, 'train_styles')
   in_split = table.split == TRAIN_SPLIT
   photo_rows = np.flatnonzero(in_split & (table.modality == PHOTO))
   sketch_rows = np.flatnonzero(
@@ -98,16 +98,16 @@ def make_train_set(table: SampleTable, train_styles: str) -> TrainSet:
   photo_only = np.setdiff1d(photo_pids, sketch_pids)
   if len(sketch_only) or len(photo_only):
     warnings.warn(
-      f"make_train_set(train_styles={styles!r}): excluding {len(sketch_only) + len(photo_only)} "
+      f'make_train_set(train_styles={styles!r}): excluding {len(sketch_only) + len(photo_only)} '
       f"identities that lack one modality in split '{TRAIN_SPLIT}': "
-      f"{len(sketch_only)} with sketches but no photo {sketch_only.tolist()}, "
-      f"{len(photo_only)} with photos but no sketch of these styles {photo_only.tolist()}."
+      f'{len(sketch_only)} with sketches but no photo {sketch_only.tolist()}, '
+      f'{len(photo_only)} with photos but no sketch of these styles {photo_only.tolist()}.'
     )
   if not len(pids):
     raise ValueError(
-      f"make_train_set(train_styles={styles!r}): no identity of "
-      f"{table.name or 'the dataset'} at {table.root} has both a training photo "
-      f"and a training sketch of these styles; check the data or the styles."
+      f'make_train_set(train_styles={styles!r}): no identity of '
+      f'{table.name or "the dataset"} at {table.root} has both a training photo '
+      f'and a training sketch of these styles; check the data or the styles.'
     )
   photo_rows = photo_rows[np.isin(table.pid[photo_rows], pids)]
   sketch_rows = sketch_rows[np.isin(table.pid[sketch_rows], pids)]
@@ -195,14 +195,14 @@ def pk_plan(
   ``config.sampler.scheme``; ``fused`` counts the epoch's steps as ``steps_per_epoch`` does.
   """
   if scheme not in SCHEMES:
-    raise ValueError(f"pk_plan: scheme must be one of {sorted(SCHEMES)}, got {scheme!r}.")
+    raise ValueError(f'pk_plan: scheme must be one of {sorted(SCHEMES)}, got {scheme!r}.')
   if P < 1 or K < 1:
-    raise ValueError(f"pk_plan: P and K must be >= 1, got P={P}, K={K}.")
+    raise ValueError(f'pk_plan: P and K must be >= 1, got P={P}, K={K}.')
   if train_set.num_classes < P:
     raise ValueError(
-      f"pk_plan: P={P} identities per batch but the train set (styles "
-      f"{train_set.train_styles!r}) has only {train_set.num_classes}; lower "
-      f"config P to at most {train_set.num_classes} or train on more styles."
+      f'pk_plan: P={P} identities per batch but the train set (styles '
+      f'{train_set.train_styles!r}) has only {train_set.num_classes}; lower '
+      f'config P to at most {train_set.num_classes} or train on more styles.'
     )
   schedule, draw = SCHEMES[scheme]
   rng = np.random.default_rng([seed, epoch])
@@ -221,13 +221,13 @@ def host_slice(plan: np.ndarray, process_index: int, process_count: int) -> np.n
   P = plan.shape[1]
   if process_count < 1 or not 0 <= process_index < process_count:
     raise ValueError(
-      f"host_slice: need 0 <= process_index < process_count, got "
-      f"{process_index} and {process_count}."
+      f'host_slice: need 0 <= process_index < process_count, got '
+      f'{process_index} and {process_count}.'
     )
   if P % process_count:
     raise ValueError(
-      f"host_slice: P={P} identities per batch do not split over "
-      f"{process_count} hosts; set P to a multiple of the host count."
+      f'host_slice: P={P} identities per batch do not split over '
+      f'{process_count} hosts; set P to a multiple of the host count.'
     )
   per_host = P // process_count
   return plan[:, process_index * per_host : (process_index + 1) * per_host]
@@ -237,7 +237,7 @@ def batch_indices(step_plan: np.ndarray) -> np.ndarray:
   """(..., p, 2, K) -> (..., 2·p·K): [photos of id_0..id_p-1 | sketches of id_0..id_p-1]."""
   step_plan = np.asarray(step_plan)
   if step_plan.ndim < 3 or step_plan.shape[-2] != 2:
-    raise ValueError(f"batch_indices expects (..., p, 2, K), got shape {step_plan.shape}.")
+    raise ValueError(f'batch_indices expects (..., p, 2, K), got shape {step_plan.shape}.')
   lead = step_plan.shape[:-3]
   photos = step_plan[..., 0, :].reshape(*lead, -1)
   sketches = step_plan[..., 1, :].reshape(*lead, -1)

@@ -39,18 +39,16 @@ from clu import metric_writers
 from flax.training import train_state
 from tqdm.auto import tqdm
 
-from sketchreid_jax import checkpoints
-from sketchreid_jax import datasets
-from sketchreid_jax import evaluate as evaluate_lib
-from sketchreid_jax import input_pipeline
-from sketchreid_jax import optim
-from sketchreid_jax import parallel
+from sketchreid_jax import checkpoints, datasets, input_pipeline, optim, parallel, sampler
 from sketchreid_jax import validate as validate_lib
+from sketchreid_jax.evaluation import protocols
 from sketchreid_jax.evaluation.selection import Selection
 from sketchreid_jax.methods import Method, get_method
 from sketchreid_jax.weights import pretrained
 
 log = logging.getLogger(__name__)
+
+
 class TrainState(train_state.TrainState):
   batch_stats: Any = None
   # Variables of frozen networks the step runs (``Method.frozen_for``); never updated or saved.
@@ -132,9 +130,7 @@ def train_step(state: TrainState, batch: dict, *, model, method: Method, config)
       total = sum(weight * value for weight, value in terms.values())
       return total, (batch_stats, {f'loss/{name}': value for name, (_, value) in terms.items()})
 
-    (loss, (batch_stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state.params
-    )
+    (loss, (batch_stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     grads = parallel.pmean(grads)
     metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
   metrics = parallel.pmean(metrics)
@@ -177,7 +173,7 @@ def _prefetch(iterator: Iterator, put, size: int) -> Iterator:
 def load_data(config):
   """(table, train set, per-photo masks or None) for ``config.data`` and the method's needs."""
   table = datasets.load(config.data)
-  train_set = input_pipeline.make_train_set(table, config.data.train_styles)
+  train_set = sampler.make_train_set(table, config.data.train_styles)
   prepare = get_method(config.method).prepare_data
   train_set, masks = prepare(config, table, train_set) if prepare else (train_set, None)
   return table, train_set, masks
@@ -292,7 +288,7 @@ def _setup(config: ml_collections.ConfigDict, workdir: str) -> _Run:
   table, train_set, masks = load_data(config)
   P, K = config.sampler.P, config.sampler.K
   fused = bool(config.model.sketch_fusion)
-  steps_per_epoch = input_pipeline.steps_per_epoch(train_set, P, K, fused=fused)
+  steps_per_epoch = sampler.steps_per_epoch(train_set, P, K, fused=fused)
   _write_meta(workdir, config, train_set, steps_per_epoch)
 
   model = method.model_for(config, train_set.num_classes, parallel.AXIS)
@@ -348,8 +344,8 @@ def _setup(config: ml_collections.ConfigDict, workdir: str) -> _Run:
 def _device_batches(run: _Run, epoch: int, first: int) -> Iterator:
   """The epoch's batches from step ``first`` on, sharded onto the devices ahead of the step."""
   c = run.config
-  plan = input_pipeline.host_slice(
-    input_pipeline.pk_plan(
+  plan = sampler.host_slice(
+    sampler.pk_plan(
       run.train_set,
       P=c.sampler.P,
       K=c.sampler.K,
@@ -427,7 +423,7 @@ def _evaluate(run: _Run, epoch: int, *, select: bool) -> dict:
   """Evaluates the current state; with ``select`` it may become the best checkpoint."""
   host_state = run.launcher.get_state(run.state)
   variables = {'params': host_state.params, 'batch_stats': host_state.batch_stats}
-  results = evaluate_lib.evaluate(
+  results = protocols.evaluate(
     run.eval_model,
     variables,
     run.table,
@@ -473,6 +469,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     log.info('training already complete at step %d; evaluating the latest checkpoint', start)
     results = _evaluate(run, config.train.epochs, select=False)
   return results
+
+
 def eval_due(config, epoch: int) -> bool:
   """Whether training evaluates after ``epoch`` (1-based): always after the last; else every
   ``eval.every_epochs`` epochs counted after ``eval.offset_epochs`` (0 = only after the last)."""
@@ -513,7 +511,7 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
   trained = inference.load_trained(workdir)
   table = datasets.load(config.data)
   # Its own folder: the training's reports stay as they were, whatever protocol is asked for here.
-  return evaluate_lib.evaluate(
+  return protocols.evaluate(
     trained.model,
     trained.variables,
     table,

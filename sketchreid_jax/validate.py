@@ -117,7 +117,7 @@ def _method(config):
     raise ConfigError(
       f'config.method={config.method!r} but the config lacks its keys ({", ".join(missing[:3])}'
       f'{", ..." if len(missing) > 3 else ""}): build it with config_base.base_config('
-      f'{config.method!r}), not another method\'s config.'
+      f"{config.method!r}), not another method's config."
     )
   return method
 
@@ -227,9 +227,9 @@ def _check_image_size(config) -> None:
   if h % stride or w % stride:
     near = lambda n: max(stride, round(n / stride) * stride)
     raise ConfigError(
-      f'config.data.image_size = ({h}, {w}): the backbone\'s total stride is {stride} '
+      f"config.data.image_size = ({h}, {w}): the backbone's total stride is {stride} "
       f'(model.last_stride={config.model.last_stride}), so H and W must be multiples of '
-      f'{stride}; e.g. --config.data.image_size=\'({near(h)}, {near(w)})\'.'
+      f"{stride}; e.g. --config.data.image_size='({near(h)}, {near(w)})'."
     )
   if not isinstance(config.data.pad, int) or config.data.pad < 0:
     raise ConfigError(f'config.data.pad = {config.data.pad!r}: must be an int >= 0.')

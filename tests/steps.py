@@ -9,7 +9,6 @@ import numpy as np
 from sketchreid_jax import parallel, train
 from sketchreid_jax.methods import get_method
 
-
 # The smallest model and batch the tests compile: ResNet-50 at width 8 with one Bottleneck per stage,
 # 32×16 images, P×K = 4×2 (overrides for load_config).
 TINY_MODEL = dict(

@@ -1,4 +1,4 @@
-"""Tests for sketchreid_jax.models.heads (GeM, BNNeck) and .baseline (DESIGN.md §4 Baseline)."""
+"""Tests for sketchreid_jax.models.heads (GeM, BNNeck) and .baseline (docs/design.md §4 Baseline)."""
 
 import jax
 import jax.numpy as jnp
@@ -315,7 +315,7 @@ def test_bf16_backbone_float32_heads():
   model = Baseline(num_classes=CLASSES, width=WIDTH, dtype=jnp.bfloat16)
   x = jnp.zeros((N, H, W, 3))
   variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, x, train=False))
-  assert all(l.dtype == jnp.float32 for l in jax.tree.leaves(variables))
+  assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(variables))
   out = jax.eval_shape(lambda v: model.apply(v, x, x, train=False), variables)
   assert out['maps']['layer4'].dtype == jnp.bfloat16
   assert out['feat'].dtype == out['bn_feat'].dtype == out['logits'].dtype == jnp.float32

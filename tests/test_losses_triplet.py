@@ -28,7 +28,7 @@ def pk_batch(seed: int, scale: float = 1.0):
   return features, labels
 
 
-def naive_wrt(features, labels, shift="set"):
+def naive_wrt(features, labels, shift='set'):
   x = np.asarray(features, np.float64)
   n = len(x)
   d = np.array([[max(np.linalg.norm(x[i] - x[j]), 1e-6) for j in range(n)] for i in range(n)])
@@ -36,7 +36,7 @@ def naive_wrt(features, labels, shift="set"):
   for i in range(n):
     pos = [j for j in range(n) if labels[j] == labels[i]]
     neg = [j for j in range(n) if labels[j] != labels[i]]
-    if shift == "set":
+    if shift == 'set':
       sp, sn = max(d[i, pos]), max(-d[i, neg])
     else:  # the reference's max over the multiplicatively masked row (zeros off the set)
       sp, sn = max(d[i, pos]), 0.0
@@ -62,8 +62,8 @@ def naive_batch_hard(features, labels, margin):
   return float(np.mean(losses))
 
 
-@pytest.mark.parametrize("shift", ["set", "reference"])
-@pytest.mark.parametrize("seed, scale", [(0, 1.0), (1, 0.3), (2, 8.0)])
+@pytest.mark.parametrize('shift', ['set', 'reference'])
+@pytest.mark.parametrize('seed, scale', [(0, 1.0), (1, 0.3), (2, 8.0)])
 def test_wrt_matches_naive_loop_float64(shift, seed, scale):
   # scale 8 puts negatives at d ≈ 30 where exp(−d) ≪ 1e-6: the two shifts then differ a lot.
   features, labels = pk_batch(seed, scale)
@@ -81,14 +81,14 @@ def test_wrt_float32_close_to_float64_reference():
 
 def test_wrt_shift_conventions_differ_for_far_negatives():
   features, labels = pk_batch(4, scale=8.0)
-  set_loss = float(wrt_triplet(features, labels, shift="set"))
-  ref_loss = float(wrt_triplet(features, labels, shift="reference"))
+  set_loss = float(wrt_triplet(features, labels, shift='set'))
+  ref_loss = float(wrt_triplet(features, labels, shift='reference'))
   # Reference weights on negatives sum to ≪ 1, so d_n collapses and the loss grows.
   assert ref_loss > set_loss + 1.0
 
 
 @pytest.mark.parametrize(
-  "loss_fn",
+  'loss_fn',
   [
     wrt_triplet,
     functools.partial(batch_hard_triplet, margin=0.3),
@@ -105,7 +105,7 @@ def test_gradients_finite_with_duplicated_features(loss_fn):
   assert np.abs(np.asarray(grads)).sum() > 0
 
 
-@pytest.mark.parametrize("loss_fn", [wrt_triplet, batch_hard_triplet])
+@pytest.mark.parametrize('loss_fn', [wrt_triplet, batch_hard_triplet])
 def test_invariant_to_batch_permutation(loss_fn):
   features, labels = pk_batch(6)
   perm = np.random.default_rng(0).permutation(len(labels))
@@ -114,7 +114,7 @@ def test_invariant_to_batch_permutation(loss_fn):
   assert a == pytest.approx(b, rel=1e-5)
 
 
-@pytest.mark.parametrize("margin", [0.3, 1.5, None])
+@pytest.mark.parametrize('margin', [0.3, 1.5, None])
 def test_batch_hard_matches_naive_loop(margin):
   features, labels = pk_batch(7)
   with jax.enable_x64(True):
@@ -149,7 +149,7 @@ def test_distances_match_scipy_and_have_finite_gradients():
   a, b = rng.normal(size=(5, 7)), rng.normal(size=(4, 7))
   with jax.enable_x64(True):
     np.testing.assert_allclose(euclidean_distance(a, b), cdist(a, b), rtol=1e-10)
-    np.testing.assert_allclose(cosine_similarity(a, b), 1 - cdist(a, b, "cosine"), rtol=1e-10)
+    np.testing.assert_allclose(cosine_similarity(a, b), 1 - cdist(a, b, 'cosine'), rtol=1e-10)
     diag = np.diag(np.asarray(euclidean_distance(a, a)))
   np.testing.assert_allclose(diag, 1e-6, rtol=1e-3)  # sqrt of the 1e-12 clamp
   a32 = jnp.asarray(a, jnp.float32).at[2].set(0.0)  # a zero vector for the cosine
@@ -185,17 +185,17 @@ def test_cross_entropy_computes_in_float32_for_bfloat16_logits():
 
 
 @pytest.mark.parametrize(
-  "call, match",
+  'call, match',
   [
-    (lambda: cross_entropy(jnp.zeros((2, 3)), jnp.zeros((3,), jnp.int32)), "labels"),
-    (lambda: cross_entropy(jnp.zeros((2, 3)), jnp.zeros((2,)), label_smoothing=0.0), "integer"),
+    (lambda: cross_entropy(jnp.zeros((2, 3)), jnp.zeros((3,), jnp.int32)), 'labels'),
+    (lambda: cross_entropy(jnp.zeros((2, 3)), jnp.zeros((2,)), label_smoothing=0.0), 'integer'),
     (
       lambda: cross_entropy(jnp.zeros((2, 3)), jnp.zeros((2,), jnp.int32), label_smoothing=1.0),
-      "label_smoothing",
+      'label_smoothing',
     ),
-    (lambda: wrt_triplet(jnp.zeros((4, 2)), jnp.zeros((3,), jnp.int32)), "wrt_triplet"),
-    (lambda: wrt_triplet(jnp.zeros((4, 2)), jnp.zeros((4,), jnp.int32), shift="max"), "shift"),
-    (lambda: batch_hard_triplet(jnp.zeros((4,)), jnp.zeros((4,), jnp.int32)), "batch_hard"),
+    (lambda: wrt_triplet(jnp.zeros((4, 2)), jnp.zeros((3,), jnp.int32)), 'wrt_triplet'),
+    (lambda: wrt_triplet(jnp.zeros((4, 2)), jnp.zeros((4,), jnp.int32), shift='max'), 'shift'),
+    (lambda: batch_hard_triplet(jnp.zeros((4,)), jnp.zeros((4,), jnp.int32)), 'batch_hard'),
   ],
 )
 def test_bad_input_raises(call, match):

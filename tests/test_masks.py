@@ -1,5 +1,5 @@
 """Precomputed DALNet masks: the layout, the reader's errors, 'auto' resolution, and the pipeline
-cropping and flipping each mask exactly like its photo (DESIGN §4 "DAG", source (a))."""
+cropping and flipping each mask exactly like its photo (docs/design.md §4 "DAG", source (a))."""
 
 import logging
 import os

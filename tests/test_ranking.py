@@ -47,15 +47,15 @@ def random_split(seed, num_q=30, num_g=80, num_ids=10, num_cams=3, ties=False):
   )
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize('seed', [0, 1, 2])
+@pytest.mark.parametrize('ties', [False, True])
 def test_matches_naive_with_camera_filtering(seed, ties):
   distmat, qp, gp, qc, gc = random_split(seed, ties=ties)
   expected = naive_evaluate(distmat, qp, gp, qc, gc, max_rank=20)
   assert_same(evaluate_rank(distmat, qp, gp, qc, gc, max_rank=20), expected)
 
 
-@pytest.mark.parametrize("seed", [3, 4])
+@pytest.mark.parametrize('seed', [3, 4])
 def test_matches_naive_without_cameras(seed):
   distmat, qp, gp, _, _ = random_split(seed, ties=True)
   assert_same(
@@ -121,22 +121,22 @@ def test_rank_result_helpers():
   result = evaluate_rank(np.array([[0.1, 0.2, 0.3, 0.4]]), [1], [2, 1, 1, 3], max_rank=20)
   assert result.rank(1) == 0.0 and result.rank(2) == 1.0
   d = result.to_dict()
-  assert list(d) == ["mAP", "mINP", "R-1", "R-5", "R-10", "R-20", "num_valid_queries"]
-  assert d["R-1"] == 0.0 and d["R-5"] == 1.0 and d["num_valid_queries"] == 1
-  with pytest.raises(ValueError, match="max_rank"):
+  assert list(d) == ['mAP', 'mINP', 'R-1', 'R-5', 'R-10', 'R-20', 'num_valid_queries']
+  assert d['R-1'] == 0.0 and d['R-5'] == 1.0 and d['num_valid_queries'] == 1
+  with pytest.raises(ValueError, match='max_rank'):
     result.rank(21)
 
 
 @pytest.mark.parametrize(
-  "kwargs, match",
+  'kwargs, match',
   [
-    (dict(distmat=np.zeros((2, 3)), q_pids=[1, 2, 3], g_pids=[1, 2, 3]), "q_pids"),
-    (dict(distmat=np.zeros((2, 3)), q_pids=[1, 2], g_pids=[1, 2]), "g_pids"),
-    (dict(distmat=np.zeros(3), q_pids=[1], g_pids=[1, 2, 3]), "2-D"),
-    (dict(distmat=np.zeros((1, 2)), q_pids=[1], g_pids=[1, 2], q_camids=[0]), "both"),
-    (dict(distmat=np.array([[np.nan, 0.0]]), q_pids=[1], g_pids=[1, 2]), "NaN"),
-    (dict(distmat=np.zeros((2, 2)), q_pids=[1, 2], g_pids=[3, 4]), "none of the 2 queries"),
-    (dict(distmat=np.zeros((1, 2)), q_pids=[1], g_pids=[1, 2], max_rank=0), "max_rank"),
+    (dict(distmat=np.zeros((2, 3)), q_pids=[1, 2, 3], g_pids=[1, 2, 3]), 'q_pids'),
+    (dict(distmat=np.zeros((2, 3)), q_pids=[1, 2], g_pids=[1, 2]), 'g_pids'),
+    (dict(distmat=np.zeros(3), q_pids=[1], g_pids=[1, 2, 3]), '2-D'),
+    (dict(distmat=np.zeros((1, 2)), q_pids=[1], g_pids=[1, 2], q_camids=[0]), 'both'),
+    (dict(distmat=np.array([[np.nan, 0.0]]), q_pids=[1], g_pids=[1, 2]), 'NaN'),
+    (dict(distmat=np.zeros((2, 2)), q_pids=[1, 2], g_pids=[3, 4]), 'none of the 2 queries'),
+    (dict(distmat=np.zeros((1, 2)), q_pids=[1], g_pids=[1, 2], max_rank=0), 'max_rank'),
   ],
 )
 def test_bad_input_raises_clear_error(kwargs, match):
@@ -144,7 +144,7 @@ def test_bad_input_raises_clear_error(kwargs, match):
     evaluate_rank(**kwargs)
 
 
-@pytest.mark.parametrize("metric, scipy_metric", [("euclidean", "euclidean"), ("cosine", "cosine")])
+@pytest.mark.parametrize('metric, scipy_metric', [('euclidean', 'euclidean'), ('cosine', 'cosine')])
 def test_pairwise_distance_matches_scipy_across_chunks(metric, scipy_metric):
   rng = np.random.default_rng(0)
   q, g = rng.normal(size=(11, 16)), rng.normal(size=(9, 16))
@@ -157,9 +157,9 @@ def test_pairwise_distance_matches_scipy_across_chunks(metric, scipy_metric):
   np.testing.assert_allclose(got[off_zero], want[off_zero], atol=1e-5, rtol=1e-5)
   # At zero distance the expanded float32 form cancels to ~1e-6 before the root; the clamp at 0
   # keeps it real.
-  assert 0.0 <= got[3, 2] < 3e-3 if metric == "euclidean" else abs(got[3, 2]) < 1e-6
+  assert 0.0 <= got[3, 2] < 3e-3 if metric == 'euclidean' else abs(got[3, 2]) < 1e-6
 
 
 def test_pairwise_distance_rejects_mismatched_dims():
-  with pytest.raises(ValueError, match="same dim"):
+  with pytest.raises(ValueError, match='same dim'):
     pairwise_distance(np.zeros((2, 3)), np.zeros((2, 4)))

@@ -1,4 +1,4 @@
-"""Tests for sketchreid_jax.models.resnet (DESIGN.md §3 ResNet50 contract, §4 Backbone)."""
+"""Tests for sketchreid_jax.models.resnet (docs/design.md §3 ResNet50 contract, §4 Backbone)."""
 
 import jax
 import jax.numpy as jnp
@@ -84,7 +84,9 @@ def test_stage_shapes_full_width_288x144(last_stride, layer4_hw):
 
   out = jax.eval_shape(run)
   expected = expected_stage_shapes(288, 144, 64, last_stride)
-  assert expected['layer4'][:2] == layer4_hw  # the DESIGN.md numbers, derived independently
+  assert (
+    expected['layer4'][:2] == layer4_hw
+  )  # the layer4 grid of docs/design.md §4, derived independently
   for name, shape in expected.items():
     assert out[name].shape == (1,) + shape, name
 
@@ -301,7 +303,7 @@ def test_bf16_compute_keeps_float32_params():
   model = ResNet50(width=8, dtype=jnp.bfloat16)
   x = jnp.ones((1, 32, 32, 3))
   variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
-  assert all(l.dtype == jnp.float32 for l in jax.tree.leaves(variables))
+  assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(variables))
   out = jax.eval_shape(lambda v: model.apply(v, x, train=False), variables)
   assert out.dtype == jnp.bfloat16
 

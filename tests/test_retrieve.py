@@ -10,14 +10,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from sketchreid_jax import datasets, input_pipeline, inference, train
+from sketchreid_jax import datasets, inference, input_pipeline, train
 from sketchreid_jax.config_base import load_config
 from sketchreid_jax.evaluation import extract as evaluate
 from sketchreid_jax.evaluation.ranked_list import CORRECT_COLOR, WRONG_COLOR
 from sketchreid_jax.tf_setup import tf
 from sketchreid_jax.tools import retrieve
 from tests.conftest import REPO
-
 
 GALLERY_SIZE = 5  # photos in the retrieval test's folder
 

@@ -22,7 +22,7 @@ def shuffled_batch(seed: int, k_photo: int = K, k_sketch: int = K, scale: float 
 
 
 def naive_rtcl_terms(features, labels, modality):
-  """Eqs. 6–11 read off the seed/DESIGN one anchor and one identity at a time, in float64."""
+  """Eqs. 6–11 read off CMDSL one anchor and one identity at a time, in float64."""
   x = np.asarray(features, np.float64)
   n = len(x)
 
@@ -67,7 +67,7 @@ def terms(features, labels, modality):
 
 
 @pytest.mark.parametrize(
-  "seed, k_photo, k_sketch, scale",
+  'seed, k_photo, k_sketch, scale',
   [(0, K, K, 1.0), (1, K, K, 5.0), (2, 1, 1, 1.0), (3, 2, 1, 0.5)],
 )
 def test_matches_naive_loop_float64(seed, k_photo, k_sketch, scale):
@@ -200,13 +200,13 @@ def _phi_only(x, modality):
 
 
 @pytest.mark.parametrize(
-  "features, labels, modality, match",
+  'features, labels, modality, match',
   [
-    (np.zeros((4, 2)), np.zeros(3, int), np.zeros(4, int), r"\(B, D\)"),
-    (np.zeros((4, 2)), np.zeros(4), np.zeros(4, int), "labels must be integer"),
-    (np.zeros((4, 2)), np.array([0, 0, 1, 1]), np.array([0, 2, 0, 1]), "0 \\(photo\\) or 1"),
-    (np.zeros((4, 2)), np.array([3, 3, 3, 3]), np.array([0, 1, 0, 1]), "P ≥ 2"),
-    (np.zeros((4, 2)), np.array([0, 0, 1, 1]), np.array([0, 0, 0, 1]), r"identities \[0\]"),
+    (np.zeros((4, 2)), np.zeros(3, int), np.zeros(4, int), r'\(B, D\)'),
+    (np.zeros((4, 2)), np.zeros(4), np.zeros(4, int), 'labels must be integer'),
+    (np.zeros((4, 2)), np.array([0, 0, 1, 1]), np.array([0, 2, 0, 1]), '0 \\(photo\\) or 1'),
+    (np.zeros((4, 2)), np.array([3, 3, 3, 3]), np.array([0, 1, 0, 1]), 'P ≥ 2'),
+    (np.zeros((4, 2)), np.array([0, 0, 1, 1]), np.array([0, 0, 0, 1]), r'identities \[0\]'),
   ],
 )
 def test_bad_input_raises(features, labels, modality, match):

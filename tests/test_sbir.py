@@ -16,7 +16,6 @@ from PIL import Image
 from sketchreid_jax import input_pipeline
 from sketchreid_jax.config_base import base_config
 from sketchreid_jax.datasets.table import make_table
-from sketchreid_jax.evaluation import protocols as evaluate
 from sketchreid_jax.evaluation import (
   SBIRResult,
   evaluate_rank,
@@ -27,6 +26,7 @@ from sketchreid_jax.evaluation import (
   sbir_map,
   write_results,
 )
+from sketchreid_jax.evaluation import protocols as evaluate
 from sketchreid_jax.evaluation.selection import Selection, parse_best_metric
 
 

@@ -75,7 +75,7 @@ def test_train_evaluate_and_resume_on_tiny_synthetic(
   config.train.progress_bar = False
   workdir = str(tmp_path / 'run')
   evaluations = []  # (epoch, step, results) of every evaluation the training runs
-  real_evaluate = train.evaluate_lib.evaluate
+  real_evaluate = train.protocols.evaluate
 
   def recording(*args, **kwargs):
     out = real_evaluate(*args, **kwargs)
@@ -83,7 +83,7 @@ def test_train_evaluate_and_resume_on_tiny_synthetic(
       evaluations.append((kwargs['extra']['epoch'], kwargs['extra']['step'], out))
     return out
 
-  monkeypatch.setattr(train.evaluate_lib, 'evaluate', recording)
+  monkeypatch.setattr(train.protocols, 'evaluate', recording)
 
   results = train.train_and_evaluate(config, workdir)
   assert set(results) == {'single_query', 'multi_query'}
@@ -206,7 +206,10 @@ def test_clip_per_term_clips_each_term_on_its_own():
   def terms_fn(out):
     # a: gradient (30, 40) on w, ‖·‖ = 50 → scaled by 1/50; b (weight 2): (4, 8) on w,
     # ‖·‖ = √80 → scaled by 1/√80, and 2·y on b = 2, exempt, unscaled.
-    return {'a': (1.0, 30.0 * out['x'][0] + 40.0 * out['x'][1]), 'b': (2.0, jnp.sum(out['x'] ** 2) + out['y'][0])}
+    return {
+      'a': (1.0, 30.0 * out['x'][0] + 40.0 * out['x'][1]),
+      'b': (2.0, jnp.sum(out['x'] ** 2) + out['y'][0]),
+    }
 
   grads, batch_stats, metrics = jax.vmap(
     lambda _: optim.per_term_clipped_grads(forward, params, terms_fn, c.optim),
@@ -225,7 +228,10 @@ def test_clip_per_term_clips_each_term_on_its_own():
   # ‖·‖ = 50, so (0.6, 0.8); clipping each device first would give (0.5, 0.5).
   two, _, _ = jax.vmap(
     lambda d: optim.per_term_clipped_grads(
-      forward, params, lambda out: {'a': (1.0, 60 * (1 - d) * out['x'][0] + 80 * d * out['x'][1])}, c.optim
+      forward,
+      params,
+      lambda out: {'a': (1.0, 60 * (1 - d) * out['x'][0] + 80 * d * out['x'][1])},
+      c.optim,
     ),
     axis_name=parallel.AXIS,
   )(jnp.array([0.0, 1.0]))
@@ -236,7 +242,9 @@ def test_clip_per_term_clips_each_term_on_its_own():
   tx = optim.make_optimizer(c, 1, params)
   big = {'layer1': {'w': jnp.array([30.0, 40.0])}, 'bnneck': {'b': jnp.zeros(1)}}
   updates, _ = tx.update(big, tx.init(params), params)
-  np.testing.assert_allclose(updates['layer1']['w'], -c.optim.lr * np.array([30.0, 40.0]), rtol=1e-6)
+  np.testing.assert_allclose(
+    updates['layer1']['w'], -c.optim.lr * np.array([30.0, 40.0]), rtol=1e-6
+  )
 
 
 def test_frozen_parameters_get_no_update_of_any_kind():

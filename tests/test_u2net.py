@@ -1,5 +1,5 @@
 """Tests for sketchreid_jax.models.u2net, weights.u2net, weights.io and tools.convert_weights
-(DESIGN.md §4 U²-Net).
+(docs/design.md §4 U²-Net).
 
 The official architecture is transcribed here independently (``official_shapes``: every key of the
 official PyTorch state dict with its shape, written from the channel tables of xuebinqin/U-2-Net
@@ -460,7 +460,7 @@ def test_converter_u2net_keys_and_shapes():
     512,
   )
   # The U2NET file handed to U2NETP fails and says what it is (same keys, other shapes).
-  with pytest.raises(ValueError, match=r"stage1\.rebnconv1\.conv_s1\.weight") as err:
+  with pytest.raises(ValueError, match=r'stage1\.rebnconv1\.conv_s1\.weight') as err:
     u2net_from_state_dict(sd, small=True)
   assert 'looks like a U2NET (u2net.pth)' in str(err.value)
   assert 'small=False' in str(err.value)

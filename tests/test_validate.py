@@ -1,6 +1,5 @@
 """Config validation: every refused case is one line naming the key, before data or compilation."""
 
-import importlib.util
 import os
 import subprocess
 import sys

@@ -1,6 +1,6 @@
 """Tests for weights.resnet (torchvision ResNet-50 → Flax), weights.pretrained (every stream from
 one ResNet-50), create_train_state's config.model.init_checkpoint and the resnet50 entry of
-tools.convert_weights (DESIGN.md §3, §4 Backbone).
+tools.convert_weights (docs/design.md §3, §4 Backbone).
 
 The torchvision layout and the reference forward below are written from torchvision's definition
 of ``resnet50`` (NCHW activations, OIHW weights, eval-mode BatchNorm), independently of
@@ -21,7 +21,7 @@ import pytest
 from sketchreid_jax import train
 from sketchreid_jax.config_base import load_config
 from sketchreid_jax.methods import get_method
-from sketchreid_jax.models import CMDSL, DALNet, Baseline, ResNet50
+from sketchreid_jax.models import CMDSL, Baseline, DALNet, ResNet50
 from sketchreid_jax.tools import convert_weights
 from sketchreid_jax.weights import io as weights_io
 from sketchreid_jax.weights import load_pretrained_backbone, torchvision_resnet50

@@ -102,7 +102,7 @@ CASES: dict[str, Case] = {
   ),
   'bad_name': Case(
     ERROR,
-    'a file name without an identity, or not in the layout\'s pattern (QMUL: a sketch not named '
+    "a file name without an identity, or not in the layout's pattern (QMUL: a sketch not named "
     '<photo stem>_<k>)',
     'refused, naming the expected pattern',
     'rename the file to the pattern or remove it',
@@ -115,7 +115,7 @@ CASES: dict[str, Case] = {
   ),
   'style_count_mismatch': Case(
     WARNING,
-    'PKU: the count in a style file\'s name differs from the ids it lists',
+    "PKU: the count in a style file's name differs from the ids it lists",
     'the list is used, with a warning',
     'rename the file to <style>_<number of ids>.txt',
   ),
@@ -170,7 +170,7 @@ CASES: dict[str, Case] = {
     'QMUL: left out of the table by the reader, in both splits: each photo is its own class, so '
     'without a sketch it has no training pair and no query, and the gallery stays the photos the '
     'test sketches were drawn from; a warning, not an error, so a copy that lacks a few sketches '
-    '(the archive holds 6,648 of ShoeV2\'s 6,730) still loads',
+    "(the archive holds 6,648 of ShoeV2's 6,730) still loads",
     'add its sketches, or remove the photos to silence the warning',
   ),
   'fewer_than_K': Case(

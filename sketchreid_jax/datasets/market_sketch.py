@@ -1,4 +1,4 @@
-"""Market-Sketch-1K: TFDS builder (manual_dir) and loader into a SampleTable (DESIGN §2, §5, §6).
+"""Market-Sketch-1K: TFDS builder (manual_dir) and loader into a SampleTable (docs/design.md §2, §5, §6).
 
 Layout read (real data and the synthetic generator write the same)::
 
@@ -18,7 +18,7 @@ Interpretations chosen:
 - Photos must follow ``<pid:04d>_c<cam>s<seq>_...``; camid = cam (>= 1). Sketches get camid 0.
   All queries are sketches from "camera 0" and the gallery holds only photos (cameras >= 1), so the
   same-pid-same-camid filter of ``evaluate_rank`` never removes anything: no camera filtering, as
-  the protocol requires (DESIGN §5).
+  the protocol requires (docs/design.md §5).
 - pid 0000 (Market-1501's distractor id) is accepted as an ordinary identity.
 - A style folder may lack ``train/`` or ``query/`` (subsets), but must have at least one of them,
   and a ``train/`` or ``query/`` that exists must hold sketches (an empty one is an error, not a
@@ -53,14 +53,16 @@ import re
 import warnings
 from pathlib import Path
 
-from sketchreid_jax.datasets.attributes import MARKET_ATTRIBUTE_NAMES  # noqa: E402
 from sketchreid_jax import tf_setup  # noqa: E402,F401  (hides GPUs from TF before TFDS loads it)
+
+# isort: split
 
 import numpy as np  # noqa: E402
 import scipy.io  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
 from sketchreid_jax.datasets import checks  # noqa: E402
+from sketchreid_jax.datasets.attributes import MARKET_ATTRIBUTE_NAMES  # noqa: E402
 from sketchreid_jax.datasets.checks import Problem, Survey, duplicate_problems  # noqa: E402
 from sketchreid_jax.datasets.table import (
   MODALITY_PHOTO,
@@ -76,25 +78,25 @@ from sketchreid_jax.datasets.tfds_cache import (  # noqa: E402  (fingerprinted c
   is_built,
 )
 
-STYLES: tuple[str, ...] = ("A", "B", "C", "D", "E", "F")
-SPLITS: tuple[str, ...] = ("train", "query")
-IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png")
-ATTRIBUTE_FILE = "market_attribute.mat"
+STYLES: tuple[str, ...] = ('A', 'B', 'C', 'D', 'E', 'F')
+SPLITS: tuple[str, ...] = ('train', 'query')
+IMAGE_SUFFIXES: tuple[str, ...] = ('.jpg', '.jpeg', '.png')
+ATTRIBUTE_FILE = 'market_attribute.mat'
 ATTRIBUTE_NAMES = MARKET_ATTRIBUTE_NAMES
-DATASET_NAME = "market_sketch_1k"
+DATASET_NAME = 'market_sketch_1k'
 
-_PID_RE = re.compile(r"^(\d{4})")
-_PHOTO_RE = re.compile(r"^(\d{4})_c(\d+)s(\d+)_")
+_PID_RE = re.compile(r'^(\d{4})')
+_PHOTO_RE = re.compile(r'^(\d{4})_c(\d+)s(\d+)_')
 _PHOTO_PATTERN = (
-  "<pid:04d>_c<camera>s<sequence>_<frame>_<nn>.jpg with camera >= 1 (e.g. 0002_c1s1_000451_01.jpg)"
+  '<pid:04d>_c<camera>s<sequence>_<frame>_<nn>.jpg with camera >= 1 (e.g. 0002_c1s1_000451_01.jpg)'
 )
-_SKETCH_PATTERN = "<pid:04d>[anything].jpg (e.g. 0002.jpg)"
+_SKETCH_PATTERN = '<pid:04d>[anything].jpg (e.g. 0002.jpg)'
 _LAYOUT_FIX = (
-  "Market-Sketch-1K needs photo/train, photo/query and sketch/<A..F>/{train,query} under the "
-  "dataset root"
+  'Market-Sketch-1K needs photo/train, photo/query and sketch/<A..F>/{train,query} under the '
+  'dataset root'
 )
 # (photo folder, sketch folder) of the training images, for messages.
-_TRAIN_FOLDERS = ("photo/train", "sketch")
+_TRAIN_FOLDERS = ('photo/train', 'sketch')
 # Sketch files of one identity named in a message, beyond which only the count is given.
 _MAX_LISTED = 3
 
@@ -121,19 +123,19 @@ def _parse(file: Path, modality: int) -> tuple[int, int] | Problem:
   if modality == MODALITY_SKETCH:
     if not has_pid:
       return Problem(
-        str(file), "bad_name", f"no identity in the file name; a sketch is {_SKETCH_PATTERN}"
+        str(file), 'bad_name', f'no identity in the file name; a sketch is {_SKETCH_PATTERN}'
       )
     return int(file.name[:4]), 0
   match = _PHOTO_RE.match(file.name)
   if match is None or int(match.group(2)) < 1:
-    what = "not a Market-1501 photo name" if has_pid else "no identity in the file name"
-    return Problem(str(file), "bad_name", f"{what}; a photo is {_PHOTO_PATTERN}")
+    what = 'not a Market-1501 photo name' if has_pid else 'no identity in the file name'
+    return Problem(str(file), 'bad_name', f'{what}; a photo is {_PHOTO_PATTERN}')
   return int(match.group(1)), int(match.group(2))
 
 
 def _listed(paths: list[str]) -> str:
-  more = f", ... ({len(paths)} in all)" if len(paths) > _MAX_LISTED else ""
-  return ", ".join(paths[:_MAX_LISTED]) + more
+  more = f', ... ({len(paths)} in all)' if len(paths) > _MAX_LISTED else ''
+  return ', '.join(paths[:_MAX_LISTED]) + more
 
 
 def _identity_problems(root: Path, records: list[ImageRecord]) -> list[Problem]:
@@ -150,23 +152,23 @@ def _identity_problems(root: Path, records: list[ImageRecord]) -> list[Problem]:
         sketches.setdefault(r.pid, []).append(r.path)
     other = SPLITS[1 - SPLITS.index(split)]
     for pid in sorted(set(sketches) - photo_ids[split]):
-      if split == "train":
-        kind, why = "sketch_without_photo", "the P×K sampler pairs each sketch with photos"
+      if split == 'train':
+        kind, why = 'sketch_without_photo', 'the P×K sampler pairs each sketch with photos'
       else:
-        kind, why = "query_without_gallery", "a query needs its identity in the gallery"
+        kind, why = 'query_without_gallery', 'a query needs its identity in the gallery'
       hint = (
-        f" Photos of {pid:04d} are in photo/{other} instead: check that its sketches belong in "
-        f"sketch/<S>/{split} and not sketch/<S>/{other}."
+        f' Photos of {pid:04d} are in photo/{other} instead: check that its sketches belong in '
+        f'sketch/<S>/{split} and not sketch/<S>/{other}.'
         if pid in photo_ids[other]
-        else ""
+        else ''
       )
       problems.append(
         Problem(
-          str(root / "photo" / split),
+          str(root / 'photo' / split),
           kind,
-          f"no photo of identity {pid:04d}, which has {split} sketches "
-          f"({_listed(sketches[pid])}); expected at least one {pid:04d}_c<camera>s<sequence>_"
-          f"<frame>_<nn>.jpg in this folder ({why}).{hint}",
+          f'no photo of identity {pid:04d}, which has {split} sketches '
+          f'({_listed(sketches[pid])}); expected at least one {pid:04d}_c<camera>s<sequence>_'
+          f'<frame>_<nn>.jpg in this folder ({why}).{hint}',
           pid=pid,
         )
       )
@@ -183,21 +185,21 @@ def survey(root: str | os.PathLike) -> Survey:
   def need(path: Path, what: str) -> bool:
     if not path.is_dir():
       problems.append(
-        Problem(str(path), "missing_folder", f"missing folder; expected {what}", fix=_LAYOUT_FIX)
+        Problem(str(path), 'missing_folder', f'missing folder; expected {what}', fix=_LAYOUT_FIX)
       )
     return path.is_dir()
 
-  if not need(root, "the Market-Sketch-1K dataset root"):
+  if not need(root, 'the Market-Sketch-1K dataset root'):
     return Survey([], [], problems, _TRAIN_FOLDERS)
   for split in SPLITS:
-    folder = root / "photo" / split
-    if not need(folder, f"the {split} photos (photo/{split}/*.jpg)"):
+    folder = root / 'photo' / split
+    if not need(folder, f'the {split} photos (photo/{split}/*.jpg)'):
       continue
     files = _image_files(folder)
     if not files:
       problems.append(
         Problem(
-          str(folder), "no_images", f"no images (*.jpg/*.jpeg/*.png); expected the {split} photos"
+          str(folder), 'no_images', f'no images (*.jpg/*.jpeg/*.png); expected the {split} photos'
         )
       )
     for file in files:
@@ -206,17 +208,17 @@ def survey(root: str | os.PathLike) -> Survey:
         problems.append(parsed)
         continue
       rel = file.relative_to(root).as_posix()
-      records.append(ImageRecord(rel, parsed[0], MODALITY_PHOTO, "", split, parsed[1]))
-  sketch_dir = root / "sketch"
-  if need(sketch_dir, "the sketches (sketch/<A..F>/{train,query}/*.jpg)"):
+      records.append(ImageRecord(rel, parsed[0], MODALITY_PHOTO, '', split, parsed[1]))
+  sketch_dir = root / 'sketch'
+  if need(sketch_dir, 'the sketches (sketch/<A..F>/{train,query}/*.jpg)'):
     folders = sorted(p for p in sketch_dir.iterdir() if p.is_dir())
     for folder in folders:
       if folder.name not in STYLES:
         problems.append(
           Problem(
             str(folder),
-            "unknown_folder",
-            f"unexpected folder in sketch/; style folders are named {', '.join(STYLES)}",
+            'unknown_folder',
+            f'unexpected folder in sketch/; style folders are named {", ".join(STYLES)}',
           )
         )
     style_dirs = [p for p in folders if p.name in STYLES]
@@ -224,10 +226,10 @@ def survey(root: str | os.PathLike) -> Survey:
       problems.append(
         Problem(
           str(sketch_dir),
-          "missing_folder",
-          f"no style folder; expected at least one of {', '.join(STYLES)} holding train/ "
-          f"and/or query/ sketches",
-          fix="add the style folders (sketch/A/train/0002.jpg, ...)",
+          'missing_folder',
+          f'no style folder; expected at least one of {", ".join(STYLES)} holding train/ '
+          f'and/or query/ sketches',
+          fix='add the style folders (sketch/A/train/0002.jpg, ...)',
         )
       )
     for style_dir in style_dirs:
@@ -237,9 +239,9 @@ def survey(root: str | os.PathLike) -> Survey:
         problems.append(
           Problem(
             str(style_dir),
-            "empty_style",
-            f"style folder has neither train/ nor query/; expected sketch/{style}/train/*.jpg "
-            f"and/or query/*.jpg",
+            'empty_style',
+            f'style folder has neither train/ nor query/; expected sketch/{style}/train/*.jpg '
+            f'and/or query/*.jpg',
           )
         )
       for split in present:
@@ -248,10 +250,10 @@ def survey(root: str | os.PathLike) -> Survey:
           problems.append(
             Problem(
               str(style_dir / split),
-              "empty_style",
-              f"no sketches for style {style} (no *.jpg/*.jpeg/*.png); expected "
-              f"sketch/{style}/{split}/<pid>.jpg",
-              fix="add the sketches or remove the empty folder",
+              'empty_style',
+              f'no sketches for style {style} (no *.jpg/*.jpeg/*.png); expected '
+              f'sketch/{style}/{split}/<pid>.jpg',
+              fix='add the sketches or remove the empty folder',
             )
           )
         for file in files:
@@ -263,7 +265,7 @@ def survey(root: str | os.PathLike) -> Survey:
           records.append(ImageRecord(rel, parsed[0], MODALITY_SKETCH, style, split, 0))
   problems += _identity_problems(root, records)
   problems += duplicate_problems(root, records)
-  train = [r for r in records if r.split == "train"]
+  train = [r for r in records if r.split == 'train']
   return Survey(records, train, problems, _TRAIN_FOLDERS)
 
 
@@ -283,8 +285,8 @@ class MarketSketch1K(LocalCodePath, tfds.core.GeneratorBasedBuilder):
   """Market-Sketch-1K photos and sketches as raw encoded bytes with identity/style/camera labels."""
 
   name = DATASET_NAME
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release: raw bytes, pid, modality, style, camid, path."}
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'Initial release: raw bytes, pid, modality, style, camid, path.'}
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
     Request Market-Sketch-1K from its authors (ACM MM 2023, "Beyond Domain Gap: Exploiting
     Subjectivity in Sketch-Based Person Retrieval") and unpack it so that the manual_dir (the
@@ -295,11 +297,11 @@ class MarketSketch1K(LocalCodePath, tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
-      description="Sketch-based person re-identification: hand-drawn sketches in six artist "
-      "styles (A-F) and Market-1501 photos.",
-      features=image_table_features(styles="A..F", cameras="1..6"),
+      description='Sketch-based person re-identification: hand-drawn sketches in six artist '
+      'styles (A-F) and Market-1501 photos.',
+      features=image_table_features(styles='A..F', cameras='1..6'),
       supervised_keys=None,
-      homepage="https://github.com/Lin-Kayla/subjectivity-sketch-reid",
+      homepage='https://github.com/Lin-Kayla/subjectivity-sketch-reid',
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
@@ -324,41 +326,41 @@ def read_attributes(path: str | os.PathLike, pids: np.ndarray) -> dict[int, np.n
     mat = scipy.io.loadmat(path, squeeze_me=True, struct_as_record=False)
   except Exception as err:  # scipy raises several types for a corrupt file
     raise ValueError(
-      f"{path}: cannot be read as a MATLAB file ({err}); expected the "
-      f"Market-1501 market_attribute.mat."
+      f'{path}: cannot be read as a MATLAB file ({err}); expected the '
+      f'Market-1501 market_attribute.mat.'
     ) from err
-  if "market_attribute" not in mat:
+  if 'market_attribute' not in mat:
     raise ValueError(
       f"{path}: no variable 'market_attribute'; expected the Market-1501 "
-      f"attribute file with train/test structs."
+      f'attribute file with train/test structs.'
     )
   known: dict[int, np.ndarray] = {}
-  for part in ("train", "test"):
-    struct = getattr(mat["market_attribute"], part, None)
+  for part in ('train', 'test'):
+    struct = getattr(mat['market_attribute'], part, None)
     if struct is None:
       raise ValueError(
         f"{path}: market_attribute has no '{part}' struct; expected fields 'train' and 'test'."
       )
-    if not hasattr(struct, "image_index"):
+    if not hasattr(struct, 'image_index'):
       raise ValueError(f"{path}: market_attribute.{part} has no 'image_index' field.")
     ids = np.atleast_1d(struct.image_index)
     columns = []
     for name in ATTRIBUTE_NAMES:
       if not hasattr(struct, name):
         raise ValueError(
-          f"{path}: market_attribute.{part} lacks the attribute field "
+          f'{path}: market_attribute.{part} lacks the attribute field '
           f"'{name}'; expected all of {', '.join(ATTRIBUTE_NAMES)}."
         )
       codes = np.atleast_1d(getattr(struct, name)).astype(np.int64)
       if codes.shape != ids.shape:
         raise ValueError(
-          f"{path}: market_attribute.{part}.{name} has {codes.size} "
-          f"entries but image_index has {ids.size}."
+          f'{path}: market_attribute.{part}.{name} has {codes.size} '
+          f'entries but image_index has {ids.size}.'
         )
       if codes.size and codes.min() < 1:
         raise ValueError(
-          f"{path}: market_attribute.{part}.{name} has code {codes.min()}; "
-          f"codes are 1-based (binary 1/2, age 1..4)."
+          f'{path}: market_attribute.{part}.{name} has code {codes.min()}; '
+          f'codes are 1-based (binary 1/2, age 1..4).'
         )
       columns.append(codes - 1)
     rows = (
@@ -370,12 +372,12 @@ def read_attributes(path: str | os.PathLike, pids: np.ndarray) -> dict[int, np.n
       text = str(raw_id).strip()
       if not text.isdigit():
         raise ValueError(
-          f"{path}: market_attribute.{part}.image_index entry {raw_id!r} is not a numeric identity."
+          f'{path}: market_attribute.{part}.image_index entry {raw_id!r} is not a numeric identity.'
         )
       pid = int(text)
       if pid in known and not np.array_equal(known[pid], row):
         raise ValueError(
-          f"{path}: identity {text} appears in train and test with different attributes."
+          f'{path}: identity {text} appears in train and test with different attributes.'
         )
       known[pid] = row
   missing = np.full((len(ATTRIBUTE_NAMES),), -1, dtype=np.int32)
@@ -409,7 +411,7 @@ def load_market_sketch(
 
   mat_path = root / ATTRIBUTE_FILE
   if mat_path.is_file():
-    attributes = read_attributes(mat_path, table_columns["pid"])
+    attributes = read_attributes(mat_path, table_columns['pid'])
   else:
     warnings.warn(
       f"{mat_path} not found: attributes are None (only the 'attribute' CMAlign "

@@ -1,4 +1,4 @@
-"""DALNet's precomputed foreground masks, stored beside the dataset (DESIGN §4 "DAG", source (a)).
+"""DALNet's precomputed foreground masks, stored beside the dataset (docs/design.md §4 "DAG", source (a)).
 
 The U²-Net of DALNet's DAG is frozen, so running it once per photo and storing the result is
 exactly equivalent to running it in every step, and far cheaper. ``tools.precompute_masks`` writes
@@ -61,7 +61,7 @@ def resolve_mask_source(data_config) -> str:
     return 'precomputed'
   log.warning(
     'mask_source=auto: no precomputed masks in %s, so DALNet runs WITHOUT foreground masks '
-    '(not the paper\'s DAG). Make them with: %s',
+    "(not the paper's DAG). Make them with: %s",
     folder,
     make_command(data_config.root, mask_set),
   )

@@ -1,4 +1,4 @@
-"""PKU-Sketch: TFDS builder (manual_dir), stratified identity split, loader (DESIGN §2, §5, §6).
+"""PKU-Sketch: TFDS builder (manual_dir), stratified identity split, loader (docs/design.md §2, §5, §6).
 
 Layout read (the real dataset and ``synthetic.generate_pku_sketch`` write the same)::
 
@@ -6,7 +6,7 @@ Layout read (the real dataset and ``synthetic.generate_pku_sketch`` write the sa
     <root>/photo/<id>_<cam>_<frame>.jpg         two photos per person, e.g. 1_05_356.jpg
     <root>/styleAnnotation/<S>_<count>.txt      the ids drawn in artist style S, one per line
 
-Protocol (DESIGN §5, CMDSL Table 1): 10 random trials, each a stratified identity split with
+Protocol (docs/design.md §5, CMDSL Table 1): 10 random trials, each a stratified identity split with
 12/5/19/8/6 test identities in styles A..E (50 test, 150 train of the 200); query = the test
 sketches, gallery = the test photos; report mean ± std over trials. ``load_pku_sketch`` returns
 one trial as a ``SampleTable`` in the Market-Sketch-1K convention, so ``make_train_set`` and
@@ -55,6 +55,8 @@ from typing import Mapping, Sequence
 
 from sketchreid_jax import tf_setup  # noqa: E402,F401  (hides GPUs from TF before TFDS loads it)
 
+# isort: split
+
 import numpy as np  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
@@ -78,20 +80,20 @@ from sketchreid_jax.datasets.tfds_cache import (  # noqa: E402  (fingerprinted c
   read_split,
 )
 
-STYLES: tuple[str, ...] = ("A", "B", "C", "D", "E")
+STYLES: tuple[str, ...] = ('A', 'B', 'C', 'D', 'E')
 # CMDSL Table 1: test identities per style in every trial (50 of 200).
-CMDSL_TEST_COUNTS: Mapping[str, int] = {"A": 12, "B": 5, "C": 19, "D": 8, "E": 6}
+CMDSL_TEST_COUNTS: Mapping[str, int] = {'A': 12, 'B': 5, 'C': 19, 'D': 8, 'E': 6}
 # CMDSL Table 1: identities per style (train + test), the sizes CMDSL_TEST_COUNTS were written for.
 CMDSL_STYLE_SIZES: Mapping[str, int] = PKU_STYLE_COUNTS
-TFDS_SPLITS: tuple[str, ...] = ("sketch", "photo")
-TRAIN_SPLIT = "train"
-TEST_SPLIT = "query"  # the Market-Sketch-1K name of the test split, which the pipeline reads
-DATASET_NAME = "pku_sketch"
-STYLE_DIR = "styleAnnotation"
+TFDS_SPLITS: tuple[str, ...] = ('sketch', 'photo')
+TRAIN_SPLIT = 'train'
+TEST_SPLIT = 'query'  # the Market-Sketch-1K name of the test split, which the pipeline reads
+DATASET_NAME = 'pku_sketch'
+STYLE_DIR = 'styleAnnotation'
 
-_SKETCH_RE = re.compile(r"^(\d+)$")
-_PHOTO_RE = re.compile(r"^(\d+)_(\d+)_(\d+)$")
-_STYLE_FILE_RE = re.compile(r"^([A-Za-z])_(\d+)\.txt$", re.IGNORECASE)
+_SKETCH_RE = re.compile(r'^(\d+)$')
+_PHOTO_RE = re.compile(r'^(\d+)_(\d+)_(\d+)$')
+_STYLE_FILE_RE = re.compile(r'^([A-Za-z])_(\d+)\.txt$', re.IGNORECASE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,8 +121,8 @@ def _image_files(folder: Path) -> list[Path]:
 
 
 _LAYOUT_FIX = (
-  f"PKU-Sketch needs sketch/<id>.jpg, photo/<id>_<cam>_<frame>.jpg and "
-  f"{STYLE_DIR}/<style>_<count>.txt under the dataset root"
+  f'PKU-Sketch needs sketch/<id>.jpg, photo/<id>_<cam>_<frame>.jpg and '
+  f'{STYLE_DIR}/<style>_<count>.txt under the dataset root'
 )
 
 
@@ -132,7 +134,7 @@ def _read_style_files(
   ids_by_style: dict[str, list[int]] = {}
   source: dict[int, Path] = {}
   file_of_style: dict[str, Path] = {}
-  files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ".txt")
+  files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == '.txt')
   read: list[Path] = []
   for file in files:
     match = _STYLE_FILE_RE.match(file.name)
@@ -140,10 +142,10 @@ def _read_style_files(
       problems.append(
         Problem(
           str(file),
-          "bad_style_file",
-          f"a style file must be named <style>_<count>.txt with style one of "
-          f"{', '.join(STYLES)} (either case), e.g. a_46.txt",
-          fix="rename or remove this file",
+          'bad_style_file',
+          f'a style file must be named <style>_<count>.txt with style one of '
+          f'{", ".join(STYLES)} (either case), e.g. a_46.txt',
+          fix='rename or remove this file',
         )
       )
       continue
@@ -152,9 +154,9 @@ def _read_style_files(
       problems.append(
         Problem(
           str(file),
-          "bad_style_file",
-          f"style {style} already has {file_of_style[style]}; expected one file per style",
-          fix="merge the two lists into one file",
+          'bad_style_file',
+          f'style {style} already has {file_of_style[style]}; expected one file per style',
+          fix='merge the two lists into one file',
         )
       )
       continue
@@ -168,9 +170,9 @@ def _read_style_files(
       if not text.isdigit():
         problems.append(
           Problem(
-            f"{file}:{lineno}",
-            "bad_style_file",
-            f"{text!r} is not a person id; expected one numeric id per line",
+            f'{file}:{lineno}',
+            'bad_style_file',
+            f'{text!r} is not a person id; expected one numeric id per line',
           )
         )
         continue
@@ -178,11 +180,11 @@ def _read_style_files(
       if pid in source:
         problems.append(
           Problem(
-            f"{file}:{lineno}",
-            "bad_style_file",
-            f"person {pid} is also listed in {source[pid]}; expected every id in exactly one "
-            f"style file",
-            fix="remove it from the wrong one",
+            f'{file}:{lineno}',
+            'bad_style_file',
+            f'person {pid} is also listed in {source[pid]}; expected every id in exactly one '
+            f'style file',
+            fix='remove it from the wrong one',
             pid=pid,
           )
         )
@@ -193,10 +195,10 @@ def _read_style_files(
       problems.append(
         Problem(
           str(file),
-          "empty_style",
-          f"lists no person id; expected the ids drawn in style {style}, one per line",
-          fix="add them or remove the file (a style needs at least 2 ids: one to test, one to "
-          "train)",
+          'empty_style',
+          f'lists no person id; expected the ids drawn in style {style}, one per line',
+          fix='add them or remove the file (a style needs at least 2 ids: one to test, one to '
+          'train)',
         )
       )
       continue
@@ -204,8 +206,8 @@ def _read_style_files(
       problems.append(
         Problem(
           str(file),
-          "style_count_mismatch",
-          f"the name says {stated} ids but the file lists {len(ids)}; using the list",
+          'style_count_mismatch',
+          f'the name says {stated} ids but the file lists {len(ids)}; using the list',
         )
       )
     ids_by_style[style] = ids
@@ -213,10 +215,10 @@ def _read_style_files(
     problems.append(
       Problem(
         str(folder),
-        "empty_style",
-        f"no style file; expected <style>_<count>.txt files (e.g. a_46.txt) listing the ids "
-        f"drawn in each style {', '.join(STYLES)}",
-        fix="add the style files of the dataset",
+        'empty_style',
+        f'no style file; expected <style>_<count>.txt files (e.g. a_46.txt) listing the ids '
+        f'drawn in each style {", ".join(STYLES)}',
+        fix='add the style files of the dataset',
       )
     )
   return ids_by_style, source, read
@@ -231,18 +233,18 @@ def survey(root: str | os.PathLike) -> Survey:
   root = Path(root).expanduser()
   problems: list[Problem] = []
   folders = {
-    "sketch": (root / "sketch", "the sketches (sketch/<id>.jpg)"),
-    "photo": (root / "photo", "the photos (photo/<id>_<cam>_<frame>.jpg)"),
-    STYLE_DIR: (root / STYLE_DIR, f"the artist styles ({STYLE_DIR}/<style>_<count>.txt)"),
+    'sketch': (root / 'sketch', 'the sketches (sketch/<id>.jpg)'),
+    'photo': (root / 'photo', 'the photos (photo/<id>_<cam>_<frame>.jpg)'),
+    STYLE_DIR: (root / STYLE_DIR, f'the artist styles ({STYLE_DIR}/<style>_<count>.txt)'),
   }
-  for path, what in [(root, "the PKU-Sketch dataset root"), *folders.values()]:
+  for path, what in [(root, 'the PKU-Sketch dataset root'), *folders.values()]:
     if not path.is_dir():
       problems.append(
-        Problem(str(path), "missing_folder", f"missing folder; expected {what}", fix=_LAYOUT_FIX)
+        Problem(str(path), 'missing_folder', f'missing folder; expected {what}', fix=_LAYOUT_FIX)
       )
       if path == root:
         break
-  sketch_dir, photo_dir, style_dir = (folders[k][0] for k in ("sketch", "photo", STYLE_DIR))
+  sketch_dir, photo_dir, style_dir = (folders[k][0] for k in ('sketch', 'photo', STYLE_DIR))
   ids_by_style, source, style_files = (
     _read_style_files(style_dir, problems) if style_dir.is_dir() else ({}, {}, [])
   )
@@ -255,8 +257,8 @@ def survey(root: str | os.PathLike) -> Survey:
       problems.append(
         Problem(
           str(file),
-          "bad_name",
-          "no person id in the file name; a sketch is <id>.jpg with a numeric id (e.g. 17.jpg)",
+          'bad_name',
+          'no person id in the file name; a sketch is <id>.jpg with a numeric id (e.g. 17.jpg)',
         )
       )
       continue
@@ -265,9 +267,9 @@ def survey(root: str | os.PathLike) -> Survey:
       problems.append(
         Problem(
           str(file),
-          "duplicate_name",
-          f"person {pid} already has the sketch {sketches[pid]}; expected one sketch per person",
-          fix="remove one of them",
+          'duplicate_name',
+          f'person {pid} already has the sketch {sketches[pid]}; expected one sketch per person',
+          fix='remove one of them',
           pid=pid,
         )
       )
@@ -276,24 +278,24 @@ def survey(root: str | os.PathLike) -> Survey:
       problems.append(
         Problem(
           str(file),
-          "id_without_style",
-          f"person {pid} is in no style file; expected its id in exactly one "
-          f"{style_dir}/<style>_<count>.txt",
+          'id_without_style',
+          f'person {pid} is in no style file; expected its id in exactly one '
+          f'{style_dir}/<style>_<count>.txt',
           pid=pid,
         )
       )
     sketches[pid] = file
   if sketch_dir.is_dir() and not sketches:
     problems.append(
-      Problem(str(sketch_dir), "no_images", "no images (*.jpg/*.jpeg/*.png); expected <id>.jpg")
+      Problem(str(sketch_dir), 'no_images', 'no images (*.jpg/*.jpeg/*.png); expected <id>.jpg')
     )
   for pid, file in sorted(source.items()):
     if sketch_dir.is_dir() and pid not in sketches:
       problems.append(
         Problem(
           str(file),
-          "style_id_without_sketch",
-          f"lists person {pid} but {sketch_dir}/{pid}.jpg does not exist",
+          'style_id_without_sketch',
+          f'lists person {pid} but {sketch_dir}/{pid}.jpg does not exist',
           pid=pid,
         )
       )
@@ -306,9 +308,9 @@ def survey(root: str | os.PathLike) -> Survey:
       problems.append(
         Problem(
           str(file),
-          "bad_name",
-          "a photo name is <id>_<camera>_<frame>.jpg with numeric fields and camera >= 1 "
-          "(e.g. 1_05_356.jpg)",
+          'bad_name',
+          'a photo name is <id>_<camera>_<frame>.jpg with numeric fields and camera >= 1 '
+          '(e.g. 1_05_356.jpg)',
         )
       )
       continue
@@ -317,8 +319,8 @@ def survey(root: str | os.PathLike) -> Survey:
       problems.append(
         Problem(
           str(file),
-          "photos_without_sketch",
-          f"person {pid} has no sketch {sketch_dir}/{pid}.jpg; this photo is left out",
+          'photos_without_sketch',
+          f'person {pid} has no sketch {sketch_dir}/{pid}.jpg; this photo is left out',
           pid=pid,
         )
       )
@@ -326,14 +328,14 @@ def survey(root: str | os.PathLike) -> Survey:
     with_photo.add(pid)
     if pid in style_of:  # else its sketch's error covers it
       rel = file.relative_to(root).as_posix()
-      photos.append(ImageRecord(rel, pid, MODALITY_PHOTO, "", int(match.group(2))))
+      photos.append(ImageRecord(rel, pid, MODALITY_PHOTO, '', int(match.group(2))))
   for pid, file in sorted(sketches.items()):
     if photo_dir.is_dir() and pid not in with_photo:
       problems.append(
         Problem(
           str(file),
-          "sketch_without_photo",
-          f"person {pid} has no photo; expected at least one {photo_dir}/{pid}_<cam>_<frame>.jpg",
+          'sketch_without_photo',
+          f'person {pid} has no photo; expected at least one {photo_dir}/{pid}_<cam>_<frame>.jpg',
           pid=pid,
         )
       )
@@ -349,7 +351,7 @@ def survey(root: str | os.PathLike) -> Survey:
     ids_by_style={s: sorted(ids_by_style[s]) for s in sorted(ids_by_style)},
     style_files=[f.relative_to(root).as_posix() for f in style_files],
   )
-  return Survey(images, images, problems, ("photo", "sketch"), extra=layout)
+  return Survey(images, images, problems, ('photo', 'sketch'), extra=layout)
 
 
 def scan_layout(root: str | os.PathLike) -> Layout:
@@ -392,21 +394,21 @@ def pku_split(
     trial: trial index (>= 0), 0..9 in the protocol.
     full_sizes: style -> the style size ``test_counts`` were written for (only for scaling).
   """
-  for name, value in (("seed", seed), ("trial", trial)):
+  for name, value in (('seed', seed), ('trial', trial)):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-      raise ValueError(f"pku_split: {name} must be an integer >= 0, got {value!r}.")
+      raise ValueError(f'pku_split: {name} must be an integer >= 0, got {value!r}.')
   if set(test_counts) != set(ids_by_style):
     raise ValueError(
-      f"pku_split: test_counts has styles {sorted(test_counts)} but the dataset has "
-      f"{sorted(ids_by_style)}; give one test count per style of the dataset."
+      f'pku_split: test_counts has styles {sorted(test_counts)} but the dataset has '
+      f'{sorted(ids_by_style)}; give one test count per style of the dataset.'
     )
   seen: dict[int, str] = {}
   for style in sorted(ids_by_style):
     for pid in ids_by_style[style]:
       if int(pid) in seen:
         raise ValueError(
-          f"pku_split: person {pid} is in style {seen[int(pid)]} and in style {style}; "
-          f"every id must belong to exactly one style."
+          f'pku_split: person {pid} is in style {seen[int(pid)]} and in style {style}; '
+          f'every id must belong to exactly one style.'
         )
       seen[int(pid)] = style
   rng = np.random.default_rng([seed, trial])
@@ -416,30 +418,30 @@ def pku_split(
     requested = test_counts[style]
     if isinstance(requested, bool) or not isinstance(requested, (int, np.integer)) or requested < 1:
       raise ValueError(
-        f"pku_split: test_counts[{style!r}] = {requested!r}; expected an integer >= 1."
+        f'pku_split: test_counts[{style!r}] = {requested!r}; expected an integer >= 1.'
       )
     if len(pool) < 2:
       raise ValueError(
-        f"pku_split: style {style} has {len(pool)} id(s); at least 2 are needed so that one "
-        f"is tested and one trained. Add identities of this style or merge it into another."
+        f'pku_split: style {style} has {len(pool)} id(s); at least 2 are needed so that one '
+        f'is tested and one trained. Add identities of this style or merge it into another.'
       )
     count = int(requested)
     if len(pool) <= count:
       if style not in full_sizes or full_sizes[style] < 1:
         raise ValueError(
-          f"pku_split: style {style} has {len(pool)} ids, not more than test_counts[{style!r}]"
-          f" = {count}, and full_sizes has no size >= 1 for it to scale by; lower the count."
+          f'pku_split: style {style} has {len(pool)} ids, not more than test_counts[{style!r}]'
+          f' = {count}, and full_sizes has no size >= 1 for it to scale by; lower the count.'
         )
       count = _scaled_count(count, len(pool), full_sizes[style])
-      scaled.append(f"{style} {requested}->{count} of {len(pool)}")
+      scaled.append(f'{style} {requested}->{count} of {len(pool)}')
     chosen = rng.choice(pool, size=count, replace=False)
     test.append(chosen)
     train.append(np.setdiff1d(pool, chosen))
   if scaled:
     warnings.warn(
-      f"pku_split: fewer ids per style than test_counts asks for; test counts scaled "
-      f"proportionally (test count x ids / full size, at least 1 test and 1 train id per "
-      f"style): {', '.join(scaled)}."
+      f'pku_split: fewer ids per style than test_counts asks for; test counts scaled '
+      f'proportionally (test count x ids / full size, at least 1 test and 1 train id per '
+      f'style): {", ".join(scaled)}.'
     )
   return (
     np.sort(np.concatenate(train)).astype(np.int32),
@@ -451,8 +453,8 @@ class PKUSketch(LocalCodePath, tfds.core.GeneratorBasedBuilder):
   """PKU-Sketch sketches and photos as raw encoded bytes with identity/style/camera labels."""
 
   name = DATASET_NAME
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release: raw bytes, pid, modality, style, camid, path."}
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'Initial release: raw bytes, pid, modality, style, camid, path.'}
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
     Request PKU-Sketch from its authors (Pang et al., "Cross-Domain Adversarial Feature Learning
     for Sketch Re-identification", ACM MM 2018) and unpack it so that the manual_dir (the
@@ -462,17 +464,17 @@ class PKUSketch(LocalCodePath, tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
-      description="Sketch-based person re-identification: 200 persons, one sketch each in one "
-      "of five artist styles (A-E) and two photos from two cameras.",
-      features=image_table_features(styles="A..E", cameras="1, 2"),
+      description='Sketch-based person re-identification: 200 persons, one sketch each in one '
+      'of five artist styles (A-E) and two photos from two cameras.',
+      features=image_table_features(styles='A..E', cameras='1, 2'),
       supervised_keys=None,
-      homepage="https://www.pkuml.org/resources/pkusketchreid-dataset.html",
+      homepage='https://www.pkuml.org/resources/pkusketchreid-dataset.html',
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     root = Path(dl_manager.manual_dir)
     images = survey(root).records  # the loader checked everything; this only re-lists
-    modality = {"sketch": MODALITY_SKETCH, "photo": MODALITY_PHOTO}
+    modality = {'sketch': MODALITY_SKETCH, 'photo': MODALITY_PHOTO}
     return {
       split: self._generate_examples(root, [r for r in images if r.modality == modality[split]])
       for split in TFDS_SPLITS
@@ -526,27 +528,27 @@ def load_pku_sketch(
     builder = prepare(PKUSketch, root, data_dir)
     parts = [read_split(builder, split, read_batch) for split in TFDS_SPLITS]
   columns = {k: [v for part in parts for v in part[k]] for k in parts[0]}
-  if len(columns["pid"]) != len(layout.images):
+  if len(columns['pid']) != len(layout.images):
     raise RuntimeError(
-      f"{data_dir}: the TFDS build holds {len(columns['pid'])} images but "
-      f"{root} has {len(layout.images)}; delete {data_dir} and load again."
+      f'{data_dir}: the TFDS build holds {len(columns["pid"])} images but '
+      f'{root} has {len(layout.images)}; delete {data_dir} and load again.'
     )
-  pid = np.asarray(columns["pid"], np.int32)
+  pid = np.asarray(columns['pid'], np.int32)
   image = np.empty(len(pid), dtype=object)
-  image[:] = columns["image"]
+  image[:] = columns['image']
   table_columns = dict(
     image=image,
     pid=pid,
-    modality=np.asarray(columns["modality"], np.int8),
-    style=np.asarray(columns["style"], str),
+    modality=np.asarray(columns['modality'], np.int8),
+    style=np.asarray(columns['style'], str),
     split=np.where(np.isin(pid, test_ids), TEST_SPLIT, TRAIN_SPLIT),
-    camid=np.asarray(columns["camid"], np.int32),
-    path=np.asarray(columns["path"], str),
+    camid=np.asarray(columns['camid'], np.int32),
+    path=np.asarray(columns['path'], str),
   )
   # Same row order as Market-Sketch-1K: stable across rebuilds and TFDS's record order.
-  split_rank = (table_columns["split"] == TEST_SPLIT).astype(np.int64)
+  split_rank = (table_columns['split'] == TEST_SPLIT).astype(np.int64)
   order = np.lexsort(
-    (table_columns["path"], table_columns["style"], table_columns["modality"], split_rank)
+    (table_columns['path'], table_columns['style'], table_columns['modality'], split_rank)
   )
   return SampleTable(
     **{k: v[order] for k, v in table_columns.items()},

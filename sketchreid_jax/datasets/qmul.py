@@ -57,6 +57,8 @@ from pathlib import Path
 
 from sketchreid_jax import tf_setup  # noqa: E402,F401  (hides GPUs from TF before TFDS loads it)
 
+# isort: split
+
 import tensorflow_datasets as tfds  # noqa: E402
 
 from sketchreid_jax.datasets import checks  # noqa: E402

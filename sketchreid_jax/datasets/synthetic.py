@@ -82,34 +82,34 @@ from sketchreid_jax.datasets.synthetic_render import (
 )
 
 __all__ = [
-  "MARKET_ATTRIBUTE_NAMES",
-  "MARKET_STYLES",
-  "PKU_STYLES",
-  "PKU_STYLE_COUNTS",
-  "PRESETS",
-  "PopulationParams",
-  "generate_market_sketch",
-  "generate_pku_sketch",
-  "market_ids",
-  "market_attributes_bytes",
-  "market_photo_name",
-  "market_sketch_styles",
-  "pku_style_counts",
-  "sample_archetypes",
-  "sample_identity",
-  "write_market_attributes",
+  'MARKET_ATTRIBUTE_NAMES',
+  'MARKET_STYLES',
+  'PKU_STYLES',
+  'PKU_STYLE_COUNTS',
+  'PRESETS',
+  'PopulationParams',
+  'generate_market_sketch',
+  'generate_pku_sketch',
+  'market_ids',
+  'market_attributes_bytes',
+  'market_photo_name',
+  'market_sketch_styles',
+  'pku_style_counts',
+  'sample_archetypes',
+  'sample_identity',
+  'write_market_attributes',
 ]
 
-MARKET_STYLES: tuple[str, ...] = ("A", "B", "C", "D", "E", "F")
-PKU_STYLES: tuple[str, ...] = ("A", "B", "C", "D", "E")
+MARKET_STYLES: tuple[str, ...] = ('A', 'B', 'C', 'D', 'E', 'F')
+PKU_STYLES: tuple[str, ...] = ('A', 'B', 'C', 'D', 'E')
 # CMDSL Table 1 (train + test) per PKU style.
-PKU_STYLE_COUNTS: Mapping[str, int] = {"A": 46, "B": 20, "C": 79, "D": 33, "E": 22}
+PKU_STYLE_COUNTS: Mapping[str, int] = {'A': 46, 'B': 20, 'C': 79, 'D': 33, 'E': 22}
 
-MARKER_NAME = "SYNTHETIC.json"
-MANIFEST_NAME = "SYNTHETIC_FILES.txt"
-GENERATOR = "sketchreid_jax.datasets.synthetic"
+MARKER_NAME = 'SYNTHETIC.json'
+MANIFEST_NAME = 'SYNTHETIC_FILES.txt'
+GENERATOR = 'sketchreid_jax.datasets.synthetic'
 FORMAT_VERSION = 1
-_MAT_HEADER = b"MATLAB 5.0 MAT-file, written by sketchreid_jax.datasets.synthetic"
+_MAT_HEADER = b'MATLAB 5.0 MAT-file, written by sketchreid_jax.datasets.synthetic'
 _MAT_HEADER_BYTES = 116  # the text field of a MAT-5 file header
 
 # Stream tags: the second and third entries of every seed sequence.
@@ -118,55 +118,55 @@ _IDS, _ARCHETYPES, _IDENTITY, _CAMERA, _CAMERA_PLAN, _PHOTO, _SKETCH, _DRAWS, _S
 
 # "qmul_shoev2"/"qmul_chairv2" are the arguments of synthetic_objects.generate_qmul_shoev2/_chairv2.
 _QMUL_TINY = {
-  "num_train_photos": 12,
-  "num_test_photos": 6,
-  "num_sketches": None,
-  "sketches_per_photo": 3,
-  "size": (64, 64),
+  'num_train_photos': 12,
+  'num_test_photos': 6,
+  'num_sketches': None,
+  'sketches_per_photo': 3,
+  'size': (64, 64),
 }
 PRESETS: Mapping[str, Mapping[str, Mapping[str, Any]]] = {
   # Unit tests: a second or two.
-  "tiny": {
-    "market": {"num_train_ids": 12, "num_test_ids": 8},
-    "pku": {"num_ids": 20},
-    "qmul_shoev2": _QMUL_TINY,
-    "qmul_chairv2": _QMUL_TINY,
+  'tiny': {
+    'market': {'num_train_ids': 12, 'num_test_ids': 8},
+    'pku': {'num_ids': 20},
+    'qmul_shoev2': _QMUL_TINY,
+    'qmul_chairv2': _QMUL_TINY,
   },
   # Notebooks and smoke training: every layout in well under a minute on 2 cores.
-  "demo": {
-    "market": {"num_train_ids": 300, "num_test_ids": 100},
-    "pku": {"num_ids": 200},
-    "qmul_shoev2": {
-      "num_train_photos": 200,
-      "num_test_photos": 100,
-      "num_sketches": None,
-      "sketches_per_photo": 3,
-      "size": (128, 128),
+  'demo': {
+    'market': {'num_train_ids': 300, 'num_test_ids': 100},
+    'pku': {'num_ids': 200},
+    'qmul_shoev2': {
+      'num_train_photos': 200,
+      'num_test_photos': 100,
+      'num_sketches': None,
+      'sketches_per_photo': 3,
+      'size': (128, 128),
     },
-    "qmul_chairv2": {
-      "num_train_photos": 150,
-      "num_test_photos": 50,
-      "num_sketches": None,
-      "sketches_per_photo": 3,
-      "size": (128, 128),
+    'qmul_chairv2': {
+      'num_train_photos': 150,
+      'num_test_photos': 50,
+      'num_sketches': None,
+      'sketches_per_photo': 3,
+      'size': (128, 128),
     },
   },
   # Market-Sketch-1K scale (498 + 498 real identities, rounded), the real PKU size, and the real
   # QMUL archives' counts and image size.
-  "full": {
-    "market": {"num_train_ids": 500, "num_test_ids": 500},
-    "pku": {"num_ids": 200},
-    "qmul_shoev2": {
-      "num_train_photos": 1800,
-      "num_test_photos": 200,
-      "num_sketches": 6648,
-      "size": (256, 256),
+  'full': {
+    'market': {'num_train_ids': 500, 'num_test_ids': 500},
+    'pku': {'num_ids': 200},
+    'qmul_shoev2': {
+      'num_train_photos': 1800,
+      'num_test_photos': 200,
+      'num_sketches': 6648,
+      'size': (256, 256),
     },
-    "qmul_chairv2": {
-      "num_train_photos": 300,
-      "num_test_photos": 100,
-      "num_sketches": 1275,
-      "size": (256, 256),
+    'qmul_chairv2': {
+      'num_train_photos': 300,
+      'num_test_photos': 100,
+      'num_sketches': 1275,
+      'size': (256, 256),
     },
   },
 }
@@ -233,39 +233,39 @@ class PopulationParams:
 
   def __post_init__(self) -> None:
     for name, probs, n in (
-      ("age_probs", self.age_probs, NUM_AGE_GROUPS),
-      ("up_colour_probs", self.up_colour_probs, len(UP_COLOUR_NAMES)),
-      ("down_colour_probs", self.down_colour_probs, len(DOWN_COLOUR_NAMES)),
-      ("pattern_probs", self.pattern_probs, len(PATTERNS)),
+      ('age_probs', self.age_probs, NUM_AGE_GROUPS),
+      ('up_colour_probs', self.up_colour_probs, len(UP_COLOUR_NAMES)),
+      ('down_colour_probs', self.down_colour_probs, len(DOWN_COLOUR_NAMES)),
+      ('pattern_probs', self.pattern_probs, len(PATTERNS)),
     ):
       if len(probs) != n or min(probs) < 0 or sum(probs) <= 0:
         raise ValueError(
-          f"PopulationParams.{name} needs {n} non-negative weights with a "
-          f"positive sum, got {probs}."
+          f'PopulationParams.{name} needs {n} non-negative weights with a '
+          f'positive sum, got {probs}.'
         )
     if self.num_archetypes < 1:
-      raise ValueError(f"PopulationParams.num_archetypes = {self.num_archetypes}; need ≥ 1.")
+      raise ValueError(f'PopulationParams.num_archetypes = {self.num_archetypes}; need ≥ 1.')
     if not 0.0 <= self.attribute_noise <= 1.0:
       raise ValueError(
-        f"PopulationParams.attribute_noise = {self.attribute_noise}; "
-        "must be a probability in [0, 1]."
+        f'PopulationParams.attribute_noise = {self.attribute_noise}; '
+        'must be a probability in [0, 1].'
       )
 
 
 # Attribute groups in the order noise is applied (gender first: other priors depend on it).
 _GROUPS = (
-  "gender",
-  "hair",
-  "clothes",
-  "down",
-  "up",
-  "hat",
-  "backpack",
-  "bag",
-  "handbag",
-  "age",
-  "upcolour",
-  "downcolour",
+  'gender',
+  'hair',
+  'clothes',
+  'down',
+  'up',
+  'hat',
+  'backpack',
+  'bag',
+  'handbag',
+  'age',
+  'upcolour',
+  'downcolour',
 )
 
 
@@ -278,43 +278,43 @@ def _draw_group(
   group: str, state: dict[str, Any], rng: np.random.Generator, p: PopulationParams
 ) -> None:
   """Draw one attribute group from the prior (conditioned on gender) into ``state``."""
-  female = int(state.get("female", False))
-  if group == "gender":
-    state["female"] = bool(rng.random() < p.female_prob)
-  elif group == "hair":
-    state["long_hair"] = bool(rng.random() < p.long_hair_prob[female])
-  elif group == "clothes":
-    state["dress"] = bool(rng.random() < p.dress_prob[female])
-  elif group == "down":
-    state["short_lower"] = bool(rng.random() < p.short_lower_prob)
-  elif group == "up":
-    state["short_sleeve"] = bool(rng.random() < p.short_sleeve_prob)
-  elif group in ("hat", "backpack", "bag", "handbag"):
-    state[group] = bool(rng.random() < getattr(p, f"{group}_prob"))
-  elif group == "age":
-    state["age"] = 1 + _pick(rng, p.age_probs)
-  elif group == "upcolour":
-    state["up"] = UP_COLOUR_NAMES[_pick(rng, p.up_colour_probs)]
-  elif group == "downcolour":
-    state["down"] = DOWN_COLOUR_NAMES[_pick(rng, p.down_colour_probs)]
+  female = int(state.get('female', False))
+  if group == 'gender':
+    state['female'] = bool(rng.random() < p.female_prob)
+  elif group == 'hair':
+    state['long_hair'] = bool(rng.random() < p.long_hair_prob[female])
+  elif group == 'clothes':
+    state['dress'] = bool(rng.random() < p.dress_prob[female])
+  elif group == 'down':
+    state['short_lower'] = bool(rng.random() < p.short_lower_prob)
+  elif group == 'up':
+    state['short_sleeve'] = bool(rng.random() < p.short_sleeve_prob)
+  elif group in ('hat', 'backpack', 'bag', 'handbag'):
+    state[group] = bool(rng.random() < getattr(p, f'{group}_prob'))
+  elif group == 'age':
+    state['age'] = 1 + _pick(rng, p.age_probs)
+  elif group == 'upcolour':
+    state['up'] = UP_COLOUR_NAMES[_pick(rng, p.up_colour_probs)]
+  elif group == 'downcolour':
+    state['down'] = DOWN_COLOUR_NAMES[_pick(rng, p.down_colour_probs)]
 
 
 def _encode(state: Mapping[str, Any]) -> dict[str, int]:
   """Decoded attribute state -> the 27 Market codes (1 = no / first option, 2 = yes / second)."""
   yes = lambda flag: 2 if flag else 1  # noqa: E731
   codes = {
-    "age": int(state["age"]),
-    "backpack": yes(state["backpack"]),
-    "bag": yes(state["bag"]),
-    "handbag": yes(state["handbag"]),
-    **{"down" + c: yes(state["down"] == c) for c in DOWN_COLOUR_NAMES},
-    **{"up" + c: yes(state["up"] == c) for c in UP_COLOUR_NAMES},
-    "clothes": yes(not state["dress"]),  # 1 = dress, 2 = pants
-    "down": yes(state["short_lower"]),  # 1 = long, 2 = short
-    "up": yes(state["short_sleeve"]),  # 1 = long sleeve, 2 = short
-    "hair": yes(state["long_hair"]),  # 1 = short, 2 = long
-    "hat": yes(state["hat"]),
-    "gender": yes(state["female"]),  # 1 = male, 2 = female
+    'age': int(state['age']),
+    'backpack': yes(state['backpack']),
+    'bag': yes(state['bag']),
+    'handbag': yes(state['handbag']),
+    **{'down' + c: yes(state['down'] == c) for c in DOWN_COLOUR_NAMES},
+    **{'up' + c: yes(state['up'] == c) for c in UP_COLOUR_NAMES},
+    'clothes': yes(not state['dress']),  # 1 = dress, 2 = pants
+    'down': yes(state['short_lower']),  # 1 = long, 2 = short
+    'up': yes(state['short_sleeve']),  # 1 = long sleeve, 2 = short
+    'hair': yes(state['long_hair']),  # 1 = short, 2 = long
+    'hat': yes(state['hat']),
+    'gender': yes(state['female']),  # 1 = male, 2 = female
   }
   return {name: codes[name] for name in MARKET_ATTRIBUTE_NAMES}
 
@@ -403,9 +403,9 @@ def market_ids(
   train, test = train[:num_train_ids], test[:num_test_ids]
   if max(train + test, default=0) > 9999:
     raise ValueError(
-      f"num_train_ids={num_train_ids}, num_test_ids={num_test_ids} need ids "
-      "beyond 9999, which do not fit the 4-digit Market naming; lower the "
-      "counts or id_gap_prob."
+      f'num_train_ids={num_train_ids}, num_test_ids={num_test_ids} need ids '
+      'beyond 9999, which do not fit the 4-digit Market naming; lower the '
+      'counts or id_gap_prob.'
     )
   return train, test
 
@@ -416,7 +416,7 @@ def market_sketch_styles(
   *,
   styles: Sequence[str] = MARKET_STYLES,
   draw_prob: float = 0.8,
-  always_draw_style: str | None = "A",
+  always_draw_style: str | None = 'A',
   min_sketches_per_id: int = 2,
 ) -> list[str]:
   """The artist styles that sketch identity ``pid`` (sorted)."""
@@ -452,7 +452,7 @@ def _market_photo_plan(
 
 def market_photo_name(pid: int, cam: int, index: int) -> str:
   """Market-1501 file name; frame = pid·100 + cam·10 + index (unique per file)."""
-  return f"{pid:04d}_c{cam}s1_{pid * 100 + cam * 10 + index:06d}_00.jpg"
+  return f'{pid:04d}_c{cam}s1_{pid * 100 + cam * 10 + index:06d}_00.jpg'
 
 
 # --------------------------------------------------------------------------------------------
@@ -467,7 +467,7 @@ class _Job:
   identity: Identity
   key: tuple[int, ...]  # the per-image stream keys after (seed, dataset)
   camera: Camera | None = None
-  style: str = ""
+  style: str = ''
 
 
 @dataclasses.dataclass(frozen=True)
@@ -485,12 +485,12 @@ def _render_job(job: _Job, cfg: _RenderConfig) -> bytes:
   """JPEG bytes of one planned image (deterministic in the job's own stream)."""
   rng = _stream(cfg.seed, cfg.dataset, *job.key)
   buf = io.BytesIO()
-  if job.kind == "photo":
+  if job.kind == 'photo':
     img = render_photo(
       job.identity, job.camera, rng, size=cfg.photo_size, params=cfg.photo_params, body=cfg.body
     )
     lo, hi = cfg.photo_params.jpeg_quality
-    img.save(buf, format="JPEG", quality=int(rng.integers(lo, hi + 1)))
+    img.save(buf, format='JPEG', quality=int(rng.integers(lo, hi + 1)))
   else:
     img = render_sketch(
       job.identity,
@@ -500,7 +500,7 @@ def _render_job(job: _Job, cfg: _RenderConfig) -> bytes:
       params=cfg.sketch_params,
       body=cfg.body,
     )
-    img.save(buf, format="JPEG", quality=int(cfg.sketch_params.jpeg_quality))
+    img.save(buf, format='JPEG', quality=int(cfg.sketch_params.jpeg_quality))
   return buf.getvalue()
 
 
@@ -517,7 +517,7 @@ def _write_jobs(
   render = render or _render_job
   for rel in sorted({str(Path(j.relpath).parent) for j in jobs}):
     (root / rel).mkdir(parents=True, exist_ok=True)
-  for job in tqdm(jobs, desc=desc, unit="img", disable=not progress):
+  for job in tqdm(jobs, desc=desc, unit='img', disable=not progress):
     (root / job.relpath).write_bytes(render(job, cfg))
 
 
@@ -537,15 +537,15 @@ def market_attributes_bytes(train: Sequence[Identity], test: Sequence[Identity])
       for name in MARKET_ATTRIBUTE_NAMES
     }
     index = np.empty((1, len(people)), dtype=object)
-    index[0, :] = [f"{p.pid:04d}" for p in people]
-    s["image_index"] = index
+    index[0, :] = [f'{p.pid:04d}' for p in people]
+    s['image_index'] = index
     return s
 
   buf = io.BytesIO()
-  scipy.io.savemat(buf, {"market_attribute": {"train": struct(train), "test": struct(test)}})
+  scipy.io.savemat(buf, {'market_attribute': {'train': struct(train), 'test': struct(test)}})
   data = bytearray(buf.getvalue())
   # The header text normally embeds time.asctime(); a fixed one keeps the file reproducible.
-  data[:_MAT_HEADER_BYTES] = _MAT_HEADER.ljust(_MAT_HEADER_BYTES, b" ")
+  data[:_MAT_HEADER_BYTES] = _MAT_HEADER.ljust(_MAT_HEADER_BYTES, b' ')
   return bytes(data)
 
 
@@ -560,8 +560,8 @@ def _safe_rel(root: Path, rel: str) -> Path:
   path = (root / rel).resolve()
   if root.resolve() not in path.parents:
     raise ValueError(
-      f"{root / MANIFEST_NAME} lists {rel!r}, which is outside {root}; "
-      "refusing to touch it. Delete the folder by hand if it is really ours."
+      f'{root / MANIFEST_NAME} lists {rel!r}, which is outside {root}; '
+      'refusing to touch it. Delete the folder by hand if it is really ours.'
     )
   return path
 
@@ -588,7 +588,7 @@ def _prepare_root(
 ) -> dict[str, Any] | None:
   """Return the stored marker when ``root`` already holds this exact output; else make room."""
   if root.exists() and not root.is_dir():
-    raise NotADirectoryError(f"Output root {root} exists and is not a folder; pass a folder path.")
+    raise NotADirectoryError(f'Output root {root} exists and is not a folder; pass a folder path.')
   marker = root / MARKER_NAME
   stored: Any = None
   if marker.is_file():
@@ -596,13 +596,13 @@ def _prepare_root(
       stored = json.loads(marker.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
       stored = None  # unreadable: treated like any foreign file below
-  if isinstance(stored, dict) and stored.get("generator") == GENERATOR:
-    if stored.get("layout") == layout:
+  if isinstance(stored, dict) and stored.get('generator') == GENERATOR:
+    if stored.get('layout') == layout:
       manifest = root / MANIFEST_NAME
       if (
-        stored.get("status") == "complete"
-        and stored.get("params") == params
-        and stored.get("format_version") == FORMAT_VERSION
+        stored.get('status') == 'complete'
+        and stored.get('params') == params
+        and stored.get('format_version') == FORMAT_VERSION
         and manifest.is_file()
         and all((root / r).is_file() for r in manifest.read_text().splitlines() if r)
       ):
@@ -612,17 +612,17 @@ def _prepare_root(
       return None
     if not overwrite:
       raise FileExistsError(
-        f"{root} holds synthetic {stored.get('layout')!r} data, not {layout!r}; refusing "
-        "to mix layouts. Choose another output folder, or pass overwrite=True "
-        "(--overwrite) to write alongside it."
+        f'{root} holds synthetic {stored.get("layout")!r} data, not {layout!r}; refusing '
+        'to mix layouts. Choose another output folder, or pass overwrite=True '
+        '(--overwrite) to write alongside it.'
       )
     return None
   if root.is_dir() and any(root.iterdir()) and not overwrite:
     raise FileExistsError(
-      f"{root} is not empty and has no {MARKER_NAME} from this generator, so it is not a "
-      "previous synthetic output; refusing to write into it. Choose an empty or new folder, "
-      "or pass overwrite=True (--overwrite) to write alongside its files (files this "
-      "generator did not write are never deleted)."
+      f'{root} is not empty and has no {MARKER_NAME} from this generator, so it is not a '
+      'previous synthetic output; refusing to write into it. Choose an empty or new folder, '
+      'or pass overwrite=True (--overwrite) to write alongside its files (files this '
+      'generator did not write are never deleted).'
     )
   return None
 
@@ -635,14 +635,14 @@ def _write_marker(
   counts: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
   marker = {
-    "generator": GENERATOR,
-    "format_version": FORMAT_VERSION,
-    "layout": layout,
-    "status": status,
-    "params": params,
-    "counts": dict(counts or {}),
+    'generator': GENERATOR,
+    'format_version': FORMAT_VERSION,
+    'layout': layout,
+    'status': status,
+    'params': params,
+    'counts': dict(counts or {}),
   }
-  (root / MARKER_NAME).write_text(json.dumps(marker, indent=1) + "\n")
+  (root / MARKER_NAME).write_text(json.dumps(marker, indent=1) + '\n')
   return marker
 
 
@@ -664,13 +664,13 @@ def _run(
   root.mkdir(parents=True, exist_ok=True)
   rels = sorted([j.relpath for j in jobs] + list(extra_files))
   # Manifest and an "in_progress" marker first: an interrupted run is still recognised as ours.
-  (root / MANIFEST_NAME).write_text("".join(r + "\n" for r in rels))
-  _write_marker(root, layout, params, "in_progress")
+  (root / MANIFEST_NAME).write_text(''.join(r + '\n' for r in rels))
+  _write_marker(root, layout, params, 'in_progress')
   _write_jobs(root, jobs, cfg, progress=progress, desc=layout, render=render)
   for rel, data in extra_files.items():
     (root / rel).parent.mkdir(parents=True, exist_ok=True)
     (root / rel).write_bytes(data)
-  marker = _write_marker(root, layout, params, "complete", counts)
+  marker = _write_marker(root, layout, params, 'complete', counts)
   return _summary(root, marker, generated=True, start=start)
 
 
@@ -678,12 +678,12 @@ def _summary(
   root: Path, marker: Mapping[str, Any], *, generated: bool, start: float
 ) -> dict[str, Any]:
   return {
-    "layout": marker["layout"],
-    "root": str(root),
-    "generated": generated,
-    "counts": dict(marker["counts"]),
-    "params": marker["params"],
-    "seconds": time.perf_counter() - start,
+    'layout': marker['layout'],
+    'root': str(root),
+    'generated': generated,
+    'counts': dict(marker['counts']),
+    'params': marker['params'],
+    'seconds': time.perf_counter() - start,
   }
 
 
@@ -694,8 +694,8 @@ def _check_int(name: str, value: int, lo: int, hi: int | None = None) -> int:
     or value < lo
     or (hi is not None and value > hi)
   ):
-    rng = f"≥ {lo}" if hi is None else f"in {lo}..{hi}"
-    raise ValueError(f"{name} = {value!r}; must be an integer {rng}.")
+    rng = f'≥ {lo}' if hi is None else f'in {lo}..{hi}'
+    raise ValueError(f'{name} = {value!r}; must be an integer {rng}.')
   return int(value)
 
 
@@ -703,9 +703,9 @@ def _check_size(name: str, size: Sequence[int]) -> tuple[int, int]:
   try:
     h, w = (int(v) for v in size)
   except (TypeError, ValueError) as err:
-    raise ValueError(f"{name} = {size!r}; give (height, width) integers.") from err
+    raise ValueError(f'{name} = {size!r}; give (height, width) integers.') from err
   if h < 8 or w < 8:
-    raise ValueError(f"{name} = {size!r}; height and width must be ≥ 8 pixels.")
+    raise ValueError(f'{name} = {size!r}; height and width must be ≥ 8 pixels.')
   return h, w
 
 
@@ -722,7 +722,7 @@ def generate_market_sketch(
   seed: int = 0,
   styles: Sequence[str] = MARKET_STYLES,
   draw_prob: float = 0.8,
-  always_draw_style: str | None = "A",
+  always_draw_style: str | None = 'A',
   min_sketches_per_id: int = 2,
   photos_per_camera: int = 3,
   test_photos_per_camera: int = 1,
@@ -750,53 +750,53 @@ def generate_market_sketch(
   """
   start = time.perf_counter()
   root = Path(root)
-  seed = _check_int("seed", seed, 0)
-  num_train_ids = _check_int("num_train_ids", num_train_ids, 1)
-  num_test_ids = _check_int("num_test_ids", num_test_ids, 1)
-  num_cameras = _check_int("num_cameras", num_cameras, 2, 9)
-  min_cameras = _check_int("min_cameras", min_cameras, 1, num_cameras)
-  photos_per_camera = _check_int("photos_per_camera", photos_per_camera, 1, 9)
-  test_photos_per_camera = _check_int("test_photos_per_camera", test_photos_per_camera, 1, 9)
-  photo_size = _check_size("photo_size", photo_size)
-  sketch_size = _check_size("sketch_size", sketch_size)
+  seed = _check_int('seed', seed, 0)
+  num_train_ids = _check_int('num_train_ids', num_train_ids, 1)
+  num_test_ids = _check_int('num_test_ids', num_test_ids, 1)
+  num_cameras = _check_int('num_cameras', num_cameras, 2, 9)
+  min_cameras = _check_int('min_cameras', min_cameras, 1, num_cameras)
+  photos_per_camera = _check_int('photos_per_camera', photos_per_camera, 1, 9)
+  test_photos_per_camera = _check_int('test_photos_per_camera', test_photos_per_camera, 1, 9)
+  photo_size = _check_size('photo_size', photo_size)
+  sketch_size = _check_size('sketch_size', sketch_size)
   styles = tuple(sorted(set(styles)))
   bad = [s for s in styles if s not in MARKET_STYLES]
   if not styles or bad:
-    raise ValueError(f"styles = {styles}: unknown {bad}; choose from {MARKET_STYLES}.")
+    raise ValueError(f'styles = {styles}: unknown {bad}; choose from {MARKET_STYLES}.')
   if always_draw_style is not None and always_draw_style not in styles:
     raise ValueError(
-      f"always_draw_style = {always_draw_style!r} is not among styles "
-      f"{styles}; add it to styles or pass always_draw_style=None."
+      f'always_draw_style = {always_draw_style!r} is not among styles '
+      f'{styles}; add it to styles or pass always_draw_style=None.'
     )
-  min_sketches_per_id = _check_int("min_sketches_per_id", min_sketches_per_id, 1, len(styles))
+  min_sketches_per_id = _check_int('min_sketches_per_id', min_sketches_per_id, 1, len(styles))
   if not 0.0 <= draw_prob <= 1.0:
-    raise ValueError(f"draw_prob = {draw_prob}; must be a probability in [0, 1].")
+    raise ValueError(f'draw_prob = {draw_prob}; must be a probability in [0, 1].')
   if not 0.0 <= id_gap_prob < 1.0:
-    raise ValueError(f"id_gap_prob = {id_gap_prob}; must be in [0, 1).")
+    raise ValueError(f'id_gap_prob = {id_gap_prob}; must be in [0, 1).')
 
   params = _jsonable(
     {
-      "num_train_ids": num_train_ids,
-      "num_test_ids": num_test_ids,
-      "seed": seed,
-      "styles": list(styles),
-      "draw_prob": draw_prob,
-      "always_draw_style": always_draw_style,
-      "min_sketches_per_id": min_sketches_per_id,
-      "photos_per_camera": photos_per_camera,
-      "test_photos_per_camera": test_photos_per_camera,
-      "min_cameras": min_cameras,
-      "num_cameras": num_cameras,
-      "photo_size": photo_size,
-      "sketch_size": sketch_size,
-      "id_gap_prob": id_gap_prob,
-      "population": _jsonable(population),
-      "photo_params": _jsonable(photo_params),
-      "sketch_params": _jsonable(sketch_params),
-      "body": _jsonable(body),
+      'num_train_ids': num_train_ids,
+      'num_test_ids': num_test_ids,
+      'seed': seed,
+      'styles': list(styles),
+      'draw_prob': draw_prob,
+      'always_draw_style': always_draw_style,
+      'min_sketches_per_id': min_sketches_per_id,
+      'photos_per_camera': photos_per_camera,
+      'test_photos_per_camera': test_photos_per_camera,
+      'min_cameras': min_cameras,
+      'num_cameras': num_cameras,
+      'photo_size': photo_size,
+      'sketch_size': sketch_size,
+      'id_gap_prob': id_gap_prob,
+      'population': _jsonable(population),
+      'photo_params': _jsonable(photo_params),
+      'sketch_params': _jsonable(sketch_params),
+      'body': _jsonable(body),
     }
   )
-  stored = _prepare_root(root, "market_sketch", params, overwrite)
+  stored = _prepare_root(root, 'market_sketch', params, overwrite)
   if stored is not None:
     return _summary(root, stored, generated=False, start=start)
 
@@ -812,12 +812,12 @@ def generate_market_sketch(
   }
 
   jobs: list[_Job] = []
-  counts: dict[str, int] = {"ids/train": num_train_ids, "ids/test": num_test_ids}
+  counts: dict[str, int] = {'ids/train': num_train_ids, 'ids/test': num_test_ids}
   for split, ids, per_cam in (
-    ("train", train_ids, None),
-    ("query", test_ids, test_photos_per_camera),
+    ('train', train_ids, None),
+    ('query', test_ids, test_photos_per_camera),
   ):
-    folder = f"photo/{split}"
+    folder = f'photo/{split}'
     counts.setdefault(folder, 0)
     for pid in ids:
       for cam, index in _market_photo_plan(
@@ -830,17 +830,17 @@ def generate_market_sketch(
       ):
         jobs.append(
           _Job(
-            f"{folder}/{market_photo_name(pid, cam, index)}",
-            "photo",
+            f'{folder}/{market_photo_name(pid, cam, index)}',
+            'photo',
             people[pid],
             (_PHOTO, pid, cam, index),
             camera=cameras[cam],
           )
         )
         counts[folder] += 1
-  for split, ids in (("train", train_ids), ("query", test_ids)):
+  for split, ids in (('train', train_ids), ('query', test_ids)):
     for s in styles:
-      counts[f"sketch/{s}/{split}"] = 0
+      counts[f'sketch/{s}/{split}'] = 0
     for pid in ids:
       for s in market_sketch_styles(
         pid,
@@ -852,23 +852,23 @@ def generate_market_sketch(
       ):
         jobs.append(
           _Job(
-            f"sketch/{s}/{split}/{pid:04d}.jpg",
-            "sketch",
+            f'sketch/{s}/{split}/{pid:04d}.jpg',
+            'sketch',
             people[pid],
             (_SKETCH, pid, MARKET_STYLES.index(s)),
             style=s,
           )
         )
-        counts[f"sketch/{s}/{split}"] += 1
+        counts[f'sketch/{s}/{split}'] += 1
 
   mat = market_attributes_bytes([people[p] for p in train_ids], [people[p] for p in test_ids])
   cfg = _RenderConfig(seed, _MARKET, photo_size, sketch_size, photo_params, sketch_params, body)
   return _run(
     root,
-    "market_sketch",
+    'market_sketch',
     params,
     jobs,
-    {"market_attribute.mat": mat},
+    {'market_attribute.mat': mat},
     counts,
     cfg,
     progress=progress,
@@ -878,7 +878,7 @@ def generate_market_sketch(
 
 def pku_style_counts(num_ids: int, base: Mapping[str, int] = PKU_STYLE_COUNTS) -> dict[str, int]:
   """``base`` counts scaled to ``num_ids`` by largest remainder (ties: style order)."""
-  num_ids = _check_int("num_ids", num_ids, 1)
+  num_ids = _check_int('num_ids', num_ids, 1)
   total = sum(base.values())
   quotas = {s: c * num_ids / total for s, c in base.items()}
   counts = {s: int(np.floor(q)) for s, q in quotas.items()}
@@ -912,35 +912,35 @@ def generate_pku_sketch(
   """
   start = time.perf_counter()
   root = Path(root)
-  seed = _check_int("seed", seed, 0)
-  num_ids = _check_int("num_ids", num_ids, 1)
-  pku_max_frame = _check_int("pku_max_frame", pku_max_frame, 1)
-  photo_size = _check_size("photo_size", photo_size)
-  sketch_size = _check_size("sketch_size", sketch_size)
+  seed = _check_int('seed', seed, 0)
+  num_ids = _check_int('num_ids', num_ids, 1)
+  pku_max_frame = _check_int('pku_max_frame', pku_max_frame, 1)
+  photo_size = _check_size('photo_size', photo_size)
+  sketch_size = _check_size('sketch_size', sketch_size)
   counts_by_style = dict(style_counts) if style_counts is not None else pku_style_counts(num_ids)
   bad = [s for s in counts_by_style if s not in PKU_STYLES]
   if bad or sum(counts_by_style.values()) != num_ids or min(counts_by_style.values()) < 0:
     raise ValueError(
-      f"style_counts = {counts_by_style}: keys must be among {PKU_STYLES} "
-      f"(unknown {bad}), counts ≥ 0 and summing to num_ids = {num_ids}."
+      f'style_counts = {counts_by_style}: keys must be among {PKU_STYLES} '
+      f'(unknown {bad}), counts ≥ 0 and summing to num_ids = {num_ids}.'
     )
   counts_by_style = {s: int(counts_by_style.get(s, 0)) for s in PKU_STYLES}
 
   params = _jsonable(
     {
-      "num_ids": num_ids,
-      "seed": seed,
-      "style_counts": counts_by_style,
-      "pku_max_frame": pku_max_frame,
-      "photo_size": photo_size,
-      "sketch_size": sketch_size,
-      "population": _jsonable(population),
-      "photo_params": _jsonable(photo_params),
-      "sketch_params": _jsonable(sketch_params),
-      "body": _jsonable(body),
+      'num_ids': num_ids,
+      'seed': seed,
+      'style_counts': counts_by_style,
+      'pku_max_frame': pku_max_frame,
+      'photo_size': photo_size,
+      'sketch_size': sketch_size,
+      'population': _jsonable(population),
+      'photo_params': _jsonable(photo_params),
+      'sketch_params': _jsonable(sketch_params),
+      'body': _jsonable(body),
     }
   )
-  stored = _prepare_root(root, "pku_sketch", params, overwrite)
+  stored = _prepare_root(root, 'pku_sketch', params, overwrite)
   if stored is not None:
     return _summary(root, stored, generated=False, start=start)
 
@@ -958,14 +958,14 @@ def generate_pku_sketch(
     members = sorted(int(p) for p in order[at : at + counts_by_style[s]])
     at += counts_by_style[s]
     style_of.update((p, s) for p in members)
-    files[f"styleAnnotation/{s}_{len(members)}.txt"] = "".join(f"{p}\n" for p in members).encode()
+    files[f'styleAnnotation/{s}_{len(members)}.txt'] = ''.join(f'{p}\n' for p in members).encode()
 
   jobs: list[_Job] = []
   for pid in ids:
     jobs.append(
       _Job(
-        f"sketch/{pid}.jpg",
-        "sketch",
+        f'sketch/{pid}.jpg',
+        'sketch',
         people[pid],
         (_SKETCH, pid, PKU_STYLES.index(style_of[pid])),
         style=style_of[pid],
@@ -975,18 +975,18 @@ def generate_pku_sketch(
     for cam, frame in zip((1, 2), frames):
       jobs.append(
         _Job(
-          f"photo/{pid}_{cam}_{int(frame)}.jpg",
-          "photo",
+          f'photo/{pid}_{cam}_{int(frame)}.jpg',
+          'photo',
           people[pid],
           (_PHOTO, pid, cam, 0),
           camera=cameras[cam],
         )
       )
   counts = {
-    "ids": num_ids,
-    "sketch": num_ids,
-    "photo": 2 * num_ids,
-    **{f"styleAnnotation/{s}": c for s, c in counts_by_style.items()},
+    'ids': num_ids,
+    'sketch': num_ids,
+    'photo': 2 * num_ids,
+    **{f'styleAnnotation/{s}': c for s, c in counts_by_style.items()},
   }
   cfg = _RenderConfig(seed, _PKU, photo_size, sketch_size, photo_params, sketch_params, body)
-  return _run(root, "pku_sketch", params, jobs, files, counts, cfg, progress=progress, start=start)
+  return _run(root, 'pku_sketch', params, jobs, files, counts, cfg, progress=progress, start=start)

@@ -1,4 +1,4 @@
-"""Drawing synthetic people: one identity -> camera photos and artist sketches (DESIGN.md §5).
+"""Drawing synthetic people: one identity -> camera photos and artist sketches (docs/design.md §5).
 
 This module is the "how a person looks" half of the synthetic dataset; ``synthetic.py`` decides
 which people exist and where their files go. Everything is PIL + numpy, driven by a caller-supplied
@@ -51,25 +51,25 @@ from PIL import Image, ImageDraw, ImageFilter
 # --------------------------------------------------------------------------------------------
 
 UP_COLOUR_NAMES: tuple[str, ...] = (
-  "black",
-  "blue",
-  "green",
-  "gray",
-  "purple",
-  "red",
-  "white",
-  "yellow",
+  'black',
+  'blue',
+  'green',
+  'gray',
+  'purple',
+  'red',
+  'white',
+  'yellow',
 )
 DOWN_COLOUR_NAMES: tuple[str, ...] = (
-  "black",
-  "blue",
-  "brown",
-  "gray",
-  "green",
-  "pink",
-  "purple",
-  "white",
-  "yellow",
+  'black',
+  'blue',
+  'brown',
+  'gray',
+  'green',
+  'pink',
+  'purple',
+  'white',
+  'yellow',
 )
 
 # Field order of the real market_attribute.mat structs (image_index is appended by the writer).
@@ -79,22 +79,22 @@ NUM_AGE_GROUPS = 4  # young, teen, adult, old
 
 # Named colours (sRGB 0..255). Garment shades add a per-identity offset to these.
 COLOURS: Mapping[str, tuple[float, float, float]] = {
-  "black": (32.0, 32.0, 36.0),
-  "blue": (40.0, 70.0, 160.0),
-  "brown": (115.0, 78.0, 46.0),
-  "gray": (128.0, 128.0, 130.0),
-  "green": (50.0, 130.0, 62.0),
-  "pink": (228.0, 145.0, 175.0),
-  "purple": (112.0, 52.0, 142.0),
-  "red": (182.0, 36.0, 42.0),
-  "white": (232.0, 232.0, 226.0),
-  "yellow": (222.0, 202.0, 54.0),
+  'black': (32.0, 32.0, 36.0),
+  'blue': (40.0, 70.0, 160.0),
+  'brown': (115.0, 78.0, 46.0),
+  'gray': (128.0, 128.0, 130.0),
+  'green': (50.0, 130.0, 62.0),
+  'pink': (228.0, 145.0, 175.0),
+  'purple': (112.0, 52.0, 142.0),
+  'red': (182.0, 36.0, 42.0),
+  'white': (232.0, 232.0, 226.0),
+  'yellow': (222.0, 202.0, 54.0),
 }
-PATTERNS: tuple[str, ...] = ("none", "stripes", "dots", "logo", "check")
-LOGO_SHAPES: tuple[str, ...] = ("circle", "triangle", "square", "diamond", "star")
-SIDES: tuple[str, ...] = ("left", "right")
-STRAP_SIDES: tuple[str, ...] = ("left", "right", "both")
-VIEWS: tuple[str, ...] = ("front", "back", "side")
+PATTERNS: tuple[str, ...] = ('none', 'stripes', 'dots', 'logo', 'check')
+LOGO_SHAPES: tuple[str, ...] = ('circle', 'triangle', 'square', 'diamond', 'star')
+SIDES: tuple[str, ...] = ('left', 'right')
+STRAP_SIDES: tuple[str, ...] = ('left', 'right', 'both')
+VIEWS: tuple[str, ...] = ('front', 'back', 'side')
 
 
 # --------------------------------------------------------------------------------------------
@@ -136,13 +136,13 @@ class IdentityDetails:
   down_shade: tuple[float, float, float]
 
   def __post_init__(self) -> None:
-    _check_choice("IdentityDetails.pattern", self.pattern, PATTERNS)
-    _check_choice("IdentityDetails.logo_shape", self.logo_shape, LOGO_SHAPES)
-    for name in ("pattern_colour", "shoe_colour", "bag_colour", "backpack_colour", "hat_colour"):
-      _check_choice(f"IdentityDetails.{name}", getattr(self, name), tuple(COLOURS))
-    _check_choice("IdentityDetails.bag_side", self.bag_side, SIDES)
-    _check_choice("IdentityDetails.handbag_side", self.handbag_side, SIDES)
-    _check_choice("IdentityDetails.strap_side", self.strap_side, STRAP_SIDES)
+    _check_choice('IdentityDetails.pattern', self.pattern, PATTERNS)
+    _check_choice('IdentityDetails.logo_shape', self.logo_shape, LOGO_SHAPES)
+    for name in ('pattern_colour', 'shoe_colour', 'bag_colour', 'backpack_colour', 'hat_colour'):
+      _check_choice(f'IdentityDetails.{name}', getattr(self, name), tuple(COLOURS))
+    _check_choice('IdentityDetails.bag_side', self.bag_side, SIDES)
+    _check_choice('IdentityDetails.handbag_side', self.handbag_side, SIDES)
+    _check_choice('IdentityDetails.strap_side', self.strap_side, STRAP_SIDES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,7 +154,7 @@ class Identity:
   details: IdentityDetails
 
   def __post_init__(self) -> None:
-    validate_attributes(self.attributes, where=f"Identity(pid={self.pid}).attributes")
+    validate_attributes(self.attributes, where=f'Identity(pid={self.pid}).attributes')
 
   def has(self, name: str) -> bool:
     """True when binary attribute ``name`` is coded 2 (yes / the second option)."""
@@ -162,38 +162,38 @@ class Identity:
 
   @property
   def up_colour(self) -> str:
-    return next(c for c in UP_COLOUR_NAMES if self.attributes["up" + c] == 2)
+    return next(c for c in UP_COLOUR_NAMES if self.attributes['up' + c] == 2)
 
   @property
   def down_colour(self) -> str:
-    return next(c for c in DOWN_COLOUR_NAMES if self.attributes["down" + c] == 2)
+    return next(c for c in DOWN_COLOUR_NAMES if self.attributes['down' + c] == 2)
 
 
-def validate_attributes(attributes: Mapping[str, int], *, where: str = "attributes") -> None:
+def validate_attributes(attributes: Mapping[str, int], *, where: str = 'attributes') -> None:
   """Raise ValueError unless ``attributes`` is a valid Market attribute coding."""
   missing = [n for n in MARKET_ATTRIBUTE_NAMES if n not in attributes]
   extra = [n for n in attributes if n not in MARKET_ATTRIBUTE_NAMES]
   if missing or extra:
     raise ValueError(
-      f"{where}: expected exactly the 27 MARKET_ATTRIBUTE_NAMES; "
-      f"missing {missing}, unexpected {extra}."
+      f'{where}: expected exactly the 27 MARKET_ATTRIBUTE_NAMES; '
+      f'missing {missing}, unexpected {extra}.'
     )
   for name in MARKET_ATTRIBUTE_NAMES:
-    hi = NUM_AGE_GROUPS if name == "age" else 2
+    hi = NUM_AGE_GROUPS if name == 'age' else 2
     if not 1 <= int(attributes[name]) <= hi:
       raise ValueError(
-        f"{where}[{name!r}] = {attributes[name]}; must be in 1..{hi} "
-        "(binary fields: 1 = no, 2 = yes)."
+        f'{where}[{name!r}] = {attributes[name]}; must be in 1..{hi} '
+        '(binary fields: 1 = no, 2 = yes).'
       )
-  for prefix, names in (("up", UP_COLOUR_NAMES), ("down", DOWN_COLOUR_NAMES)):
+  for prefix, names in (('up', UP_COLOUR_NAMES), ('down', DOWN_COLOUR_NAMES)):
     on = [c for c in names if attributes[prefix + c] == 2]
     if len(on) != 1:
-      raise ValueError(f"{where}: exactly one {prefix}-colour must be 2, got {on}.")
+      raise ValueError(f'{where}: exactly one {prefix}-colour must be 2, got {on}.')
 
 
 def _check_choice(where: str, value: str, choices: Sequence[str]) -> None:
   if value not in choices:
-    raise ValueError(f"{where} = {value!r}; choose one of {tuple(choices)}.")
+    raise ValueError(f'{where} = {value!r}; choose one of {tuple(choices)}.')
 
 
 # --------------------------------------------------------------------------------------------
@@ -322,7 +322,7 @@ class SketchStyle:
 # A..E of the same table.
 SKETCH_STYLES: Mapping[str, SketchStyle] = {
   # A: careful and detailed — thin steady lines, soft shading, almost never omits anything.
-  "A": SketchStyle(
+  'A': SketchStyle(
     stroke_width=1.5,
     jitter=0.3,
     segment=6.0,
@@ -340,7 +340,7 @@ SKETCH_STYLES: Mapping[str, SketchStyle] = {
     double_stroke_prob=0.0,
   ),
   # B: fine, light lines, little shading, detailed but drops prints now and then.
-  "B": SketchStyle(
+  'B': SketchStyle(
     stroke_width=1.0,
     jitter=0.5,
     segment=5.0,
@@ -358,7 +358,7 @@ SKETCH_STYLES: Mapping[str, SketchStyle] = {
     double_stroke_prob=0.0,
   ),
   # C: heavy strokes with hatched shading, medium detail.
-  "C": SketchStyle(
+  'C': SketchStyle(
     stroke_width=2.5,
     jitter=0.6,
     segment=8.0,
@@ -376,7 +376,7 @@ SKETCH_STYLES: Mapping[str, SketchStyle] = {
     double_stroke_prob=0.1,
   ),
   # D: sketchy re-traced lines, moderate shading, forgets details.
-  "D": SketchStyle(
+  'D': SketchStyle(
     stroke_width=1.5,
     jitter=1.0,
     segment=6.0,
@@ -394,7 +394,7 @@ SKETCH_STYLES: Mapping[str, SketchStyle] = {
     double_stroke_prob=0.5,
   ),
   # E: minimal contour drawing, no shading, broken lines.
-  "E": SketchStyle(
+  'E': SketchStyle(
     stroke_width=1.0,
     jitter=0.8,
     segment=7.0,
@@ -412,7 +412,7 @@ SKETCH_STYLES: Mapping[str, SketchStyle] = {
     double_stroke_prob=0.0,
   ),
   # F: sloppy and sparse — thick wobbly strokes, distorted proportions, most details dropped.
-  "F": SketchStyle(
+  'F': SketchStyle(
     stroke_width=2.0,
     jitter=1.5,
     segment=10.0,
@@ -482,7 +482,7 @@ class Pose:
   angles in radians: stride = leg splay, arm_* = swing of each arm away from the body axis
   (front: outward, side: forward), elbow_* = extra forearm bend."""
 
-  view: str = "front"
+  view: str = 'front'
   mirror: bool = False
   stride: float = 0.0
   arm_left: float = 0.1
@@ -595,13 +595,13 @@ def clip_convex(subject: np.ndarray, clip: np.ndarray) -> np.ndarray:
 
 
 def _logo(shape: str, cx: float, cy: float, r: float) -> np.ndarray:
-  if shape == "circle":
+  if shape == 'circle':
     return _ellipse(cx, cy, r, r, n=16)
-  if shape == "square":
+  if shape == 'square':
     return _rect(cx - r * 0.85, cy - r * 0.85, cx + r * 0.85, cy + r * 0.85)
-  if shape == "diamond":
+  if shape == 'diamond':
     return np.array([[cx, cy - r], [cx + r, cy], [cx, cy + r], [cx - r, cy]])
-  if shape == "triangle":
+  if shape == 'triangle':
     return np.array([[cx, cy - r], [cx + r, cy + r * 0.8], [cx - r, cy + r * 0.8]])
   t = np.arange(10) * math.pi / 5.0 - math.pi / 2.0  # star: alternate outer/inner radius
   rad = np.where(np.arange(10) % 2 == 0, r, r * 0.45)
@@ -616,7 +616,7 @@ def _contrast_colour(name: str, against: str) -> tuple[float, float, float]:
   """The print colour, replaced by black/white when it equals the garment colour."""
   if name != against:
     return COLOURS[name]
-  return COLOURS["black"] if luminance(COLOURS[name]) > 128 else COLOURS["white"]
+  return COLOURS['black'] if luminance(COLOURS[name]) > 128 else COLOURS['white']
 
 
 def luminance(rgb: Sequence[float]) -> float:
@@ -633,21 +633,21 @@ def person_shapes(
   (age group × individual height) tells the caller how tall to draw the figure.
   ``swap_sides`` moves bag, handbag and a one-sided backpack strap to the other side.
   """
-  _check_choice("Pose.view", pose.view, VIEWS)
+  _check_choice('Pose.view', pose.view, VIEWS)
   a, d = identity.attributes, identity.details
-  age = int(a["age"]) - 1
-  female = identity.has("gender")
-  side_view = pose.view == "side"
+  age = int(a['age']) - 1
+  female = identity.has('gender')
+  side_view = pose.view == 'side'
   lat = body.side_lateral if side_view else 1.0
 
   def sgn(side: str) -> float:
-    s = 1.0 if side == "left" else -1.0
+    s = 1.0 if side == 'left' else -1.0
     return -s if swap_sides else s
 
   skin = tuple(float(v) for v in d.skin)
   hair = np.asarray(d.hair_colour, dtype=np.float64)
   if age == NUM_AGE_GROUPS - 1:  # old: greying hair
-    hair = hair + body.old_grey * (np.asarray(COLOURS["gray"]) + 40.0 - hair)
+    hair = hair + body.old_grey * (np.asarray(COLOURS['gray']) + 40.0 - hair)
   hair_c = tuple(float(v) for v in np.clip(hair, 0, 255))
   up_c = _shade(identity.up_colour, d.up_shade)
   down_c = _shade(identity.down_colour, d.down_shade)
@@ -682,9 +682,9 @@ def person_shapes(
 
   # Limbs. Front/back: arms swing outward, legs splay; side: both swing along x in opposition.
   def arm(side: str) -> tuple[list[np.ndarray], list[float]]:
-    s = 1.0 if side == "left" else -1.0
-    swing = pose.arm_left if side == "left" else pose.arm_right
-    bend = pose.elbow_left if side == "left" else pose.elbow_right
+    s = 1.0 if side == 'left' else -1.0
+    swing = pose.arm_left if side == 'left' else pose.arm_right
+    bend = pose.elbow_left if side == 'left' else pose.elbow_right
     if side_view:
       start = np.array([stoop, sh_y + 0.03])
       ang = [s * swing, s * swing + bend]
@@ -698,7 +698,7 @@ def person_shapes(
     ]
 
   def leg(side: str) -> tuple[list[np.ndarray], list[float]]:
-    s = 1.0 if side == "left" else -1.0
+    s = 1.0 if side == 'left' else -1.0
     x0 = s * (0.01 if side_view else hw * 0.52)
     length = (1.0 - body.foot_height - hip_y) / 2.0
     spread = s * pose.stride * (1.0 if side_view else 0.5)
@@ -716,14 +716,14 @@ def person_shapes(
 
   def leg_shapes(side: str) -> None:
     joints, widths = leg(side)
-    pants = identity.has("clothes")
-    long_lower = not identity.has("down")
+    pants = identity.has('clothes')
+    long_lower = not identity.has('down')
     if pants and long_lower:
-      add(Shape("leg", _limb(joints, widths), down_c, 0))
+      add(Shape('leg', _limb(joints, widths), down_c, 0))
     else:
-      add(Shape("leg", _limb(joints, widths), skin, 0))
+      add(Shape('leg', _limb(joints, widths), skin, 0))
       if pants:  # shorts
-        add(Shape("lower", _partial_limb(joints, widths, 0.45, 1.15), down_c, 1))
+        add(Shape('lower', _partial_limb(joints, widths, 0.45, 1.15), down_c, 1))
     ankle = joints[-1]
     fwd = 1.0 if side_view else 0.0
     shoe = _ellipse(
@@ -733,29 +733,29 @@ def person_shapes(
       body.foot_height * 0.75,
       n=14,
     )
-    add(Shape("shoes", shoe, COLOURS[d.shoe_colour], 1))
+    add(Shape('shoes', shoe, COLOURS[d.shoe_colour], 1))
 
   def lower_garment() -> None:
-    if identity.has("clothes"):  # pants/shorts: a hip block joins the legs
-      add(Shape("lower", hips, down_c, 1))
+    if identity.has('clothes'):  # pants/shorts: a hip block joins the legs
+      add(Shape('lower', hips, down_c, 1))
     else:  # dress/skirt, knee (short) or near-ankle (long) hem
-      hem_y = hip_y + (0.45 if identity.has("down") else 0.86) * leg_len
-      hem_w = hw * (1.9 if identity.has("down") else 2.2) * lat
+      hem_y = hip_y + (0.45 if identity.has('down') else 0.86) * leg_len
+      hem_w = hw * (1.9 if identity.has('down') else 2.2) * lat
       skirt = np.array(
         [[-ww * lat * 1.02, waist_y], [ww * lat * 1.02, waist_y], [hem_w, hem_y], [-hem_w, hem_y]]
       )
-      add(Shape("lower", skirt, down_c, 1))
+      add(Shape('lower', skirt, down_c, 1))
 
   def arm_shapes(side: str, with_handbag: bool = True) -> None:
     joints, widths = arm(side)
-    long_sleeve = not identity.has("up")
-    add(Shape("arm", _limb(joints, widths), up_c if long_sleeve else skin, 0))
+    long_sleeve = not identity.has('up')
+    add(Shape('arm', _limb(joints, widths), up_c if long_sleeve else skin, 0))
     if not long_sleeve:
-      add(Shape("upper", _partial_limb(joints, widths, 0.3, 1.2), up_c, 1))
+      add(Shape('upper', _partial_limb(joints, widths, 0.3, 1.2), up_c, 1))
     hand = joints[-1]
     add(
       Shape(
-        "hand",
+        'hand',
         _ellipse(
           hand[0], hand[1] + body.hand_radius * 0.5, body.hand_radius, body.hand_radius * 1.2, n=12
         ),
@@ -765,51 +765,51 @@ def person_shapes(
     )
     if (
       with_handbag
-      and identity.has("handbag")
-      and sgn(d.handbag_side) == (1.0 if side == "left" else -1.0)
+      and identity.has('handbag')
+      and sgn(d.handbag_side) == (1.0 if side == 'left' else -1.0)
     ):
       hx, hy = hand[0], hand[1] + body.hand_radius * 1.5
       handle = np.array([[hx - 0.018, hy + 0.012], [hx, hy - 0.006], [hx + 0.018, hy + 0.012]])
-      add(Shape("handbag", handle, COLOURS[d.bag_colour], 1, closed=False, width=0.006))
+      add(Shape('handbag', handle, COLOURS[d.bag_colour], 1, closed=False, width=0.006))
       add(
         Shape(
-          "handbag", _rect(hx - 0.032, hy + 0.012, hx + 0.032, hy + 0.062), COLOURS[d.bag_colour], 1
+          'handbag', _rect(hx - 0.032, hy + 0.012, hx + 0.032, hy + 0.062), COLOURS[d.bag_colour], 1
         )
       )
 
   def pattern_shapes(view: str) -> None:
-    if d.pattern == "none" or (view != "front" and d.pattern in ("dots", "logo")):
+    if d.pattern == 'none' or (view != 'front' and d.pattern in ('dots', 'logo')):
       return
     colour = _contrast_colour(d.pattern_colour, identity.up_colour)
     x0, x1 = float(torso[:, 0].min()) - 0.01, float(torso[:, 0].max()) + 0.01
     top, bot = sh_y + 0.03, waist_y + 0.02
     step = 0.04 * d.pattern_scale
-    if d.pattern in ("stripes", "check"):
+    if d.pattern in ('stripes', 'check'):
       y = top
       while y < bot:
         band = clip_convex(_rect(x0, y, x1, y + step * 0.45), torso)
         if len(band) >= 3:
-          add(Shape("pattern", band, colour, 2))
+          add(Shape('pattern', band, colour, 2))
         y += step
-    if d.pattern == "check":
+    if d.pattern == 'check':
       x = x0 + step * 0.3
       while x < x1:
         band = clip_convex(_rect(x, top, x + step * 0.35, bot), torso)
         if len(band) >= 3:
-          add(Shape("pattern", band, colour, 2))
+          add(Shape('pattern', band, colour, 2))
         x += step
-    if d.pattern == "dots":
+    if d.pattern == 'dots':
       rad = 0.009 * d.pattern_scale
       for row, y in enumerate(np.arange(top + step * 0.5, bot, step)):
         for x in np.arange(x0 + step * (0.5 + 0.5 * (row % 2)), x1, step):
           dot = _ellipse(float(x), float(y), rad, rad, n=10)
           if len(clip_convex(dot, torso)) == len(dot):  # only whole dots
-            add(Shape("pattern", dot, colour, 2))
-    if d.pattern == "logo":
+            add(Shape('pattern', dot, colour, 2))
+    if d.pattern == 'logo':
       cx = float(np.mean(torso[:, 0]))
       add(
         Shape(
-          "pattern",
+          'pattern',
           _logo(d.logo_shape, cx, sh_y + 0.38 * torso_len, 0.045 * d.pattern_scale),
           colour,
           2,
@@ -817,9 +817,9 @@ def person_shapes(
       )
 
   def backpack_front() -> None:
-    if not identity.has("backpack"):
+    if not identity.has('backpack'):
       return
-    sides = ("left", "right") if d.strap_side == "both" else (d.strap_side,)
+    sides = ('left', 'right') if d.strap_side == 'both' else (d.strap_side,)
     for side in sides:
       s = sgn(side)
       strap = _limb(
@@ -829,13 +829,13 @@ def person_shapes(
         ],
         [0.011, 0.011],
       )
-      add(Shape("backpack", strap, COLOURS[d.backpack_colour], 2))
+      add(Shape('backpack', strap, COLOURS[d.backpack_colour], 2))
 
   def backpack_back() -> None:
-    if identity.has("backpack"):
+    if identity.has('backpack'):
       add(
         Shape(
-          "backpack",
+          'backpack',
           _rect(-0.085, sh_y + 0.03, 0.085, sh_y + 0.03 + 0.72 * torso_len),
           COLOURS[d.backpack_colour],
           1,
@@ -843,24 +843,24 @@ def person_shapes(
       )
 
   def bag_shapes(view: str) -> None:
-    if not identity.has("bag"):
+    if not identity.has('bag'):
       return
     s = sgn(d.bag_side)
     colour = COLOURS[d.bag_colour]
     bx = s * (hw + 0.045) * lat if not side_view else 0.02
     by = hip_y - 0.01
     strap = np.array([[-s * (sw - 0.03) * lat, sh_y + 0.01], [bx, by - 0.04]])
-    add(Shape("bag", strap, colour, 1, closed=False, width=0.008))
-    add(Shape("bag", _rect(bx - 0.05, by - 0.04, bx + 0.05, by + 0.04), colour, 1))
+    add(Shape('bag', strap, colour, 1, closed=False, width=0.008))
+    add(Shape('bag', _rect(bx - 0.05, by - 0.04, bx + 0.05, by + 0.04), colour, 1))
 
   def head_shapes(view: str) -> None:
-    long_hair = identity.has("hair")
+    long_hair = identity.has('hair')
     hx = stoop * 1.5
     head = _ellipse(hx, head_y, r * 0.84, r, n=22)
-    if view == "front" and long_hair:  # hair falling behind the shoulders
+    if view == 'front' and long_hair:  # hair falling behind the shoulders
       add(
         Shape(
-          "hair",
+          'hair',
           np.array(
             [
               [hx - r * 1.05, head_y],
@@ -873,26 +873,26 @@ def person_shapes(
           1,
         )
       )
-    add(Shape("neck", _rect(hx - r * 0.35, head_y + r * 0.7, hx + r * 0.35, sh_y + 0.01), skin, 0))
-    add(Shape("head", head, hair_c if view == "back" else skin, 0))
-    if view == "front":
+    add(Shape('neck', _rect(hx - r * 0.35, head_y + r * 0.7, hx + r * 0.35, sh_y + 0.01), skin, 0))
+    add(Shape('head', head, hair_c if view == 'back' else skin, 0))
+    if view == 'front':
       cap = _ellipse(hx, head_y, r * 0.9, r * 1.06, n=14, a0=math.pi, a1=2.0 * math.pi)
       cap = np.concatenate(
         [cap, [[hx + r * 0.88, head_y - r * 0.15], [hx - r * 0.88, head_y - r * 0.15]]]
       )
-      add(Shape("hair", cap, hair_c, 1))
+      add(Shape('hair', cap, hair_c, 1))
       for ex in (-0.32, 0.32):
         add(
           Shape(
-            "face",
+            'face',
             _ellipse(hx + ex * r, head_y + 0.05 * r, 0.09 * r, 0.07 * r, n=8),
-            COLOURS["black"],
+            COLOURS['black'],
             2,
           )
         )
       add(
         Shape(
-          "face",
+          'face',
           np.array([[hx - 0.2 * r, head_y + 0.5 * r], [hx + 0.2 * r, head_y + 0.5 * r]]),
           (120.0, 60.0, 60.0),
           2,
@@ -900,10 +900,10 @@ def person_shapes(
           width=0.004,
         )
       )
-    elif view == "back" and long_hair:
+    elif view == 'back' and long_hair:
       add(
         Shape(
-          "hair",
+          'hair',
           np.array(
             [
               [hx - r * 0.9, head_y],
@@ -916,14 +916,14 @@ def person_shapes(
           1,
         )
       )
-    elif view == "side":
+    elif view == 'side':
       back = _ellipse(hx, head_y, r * 0.86, r * 1.04, n=14, a0=0.5 * math.pi, a1=1.6 * math.pi)
       back = np.concatenate([back, [[hx + r * 0.2, head_y - r]]])
-      add(Shape("hair", back, hair_c, 1))
+      add(Shape('hair', back, hair_c, 1))
       if long_hair:
         add(
           Shape(
-            "hair",
+            'hair',
             np.array(
               [
                 [hx - r * 0.85, head_y],
@@ -937,13 +937,13 @@ def person_shapes(
           )
         )
       add(
-        Shape("face", _ellipse(hx + 0.5 * r, head_y, 0.08 * r, 0.07 * r, n=8), COLOURS["black"], 2)
+        Shape('face', _ellipse(hx + 0.5 * r, head_y, 0.08 * r, 0.07 * r, n=8), COLOURS['black'], 2)
       )
-    if identity.has("hat"):
+    if identity.has('hat'):
       colour = COLOURS[d.hat_colour]
       add(
         Shape(
-          "hat",
+          'hat',
           _ellipse(hx, head_y - 0.25 * r, r * 0.9, r * 0.85, n=14, a0=math.pi, a1=2.0 * math.pi),
           colour,
           1,
@@ -951,42 +951,42 @@ def person_shapes(
       )
       add(
         Shape(
-          "hat", _rect(hx - r * 1.2, head_y - 0.3 * r, hx + r * 1.2, head_y - 0.15 * r), colour, 1
+          'hat', _rect(hx - r * 1.2, head_y - 0.3 * r, hx + r * 1.2, head_y - 0.15 * r), colour, 1
         )
       )
 
-  near, far = ("left", "right")
-  if pose.view == "front":
-    for side in ("left", "right"):
+  near, far = ('left', 'right')
+  if pose.view == 'front':
+    for side in ('left', 'right'):
       leg_shapes(side)
     lower_garment()
-    add(Shape("upper", torso, up_c, 0))
-    pattern_shapes("front")
+    add(Shape('upper', torso, up_c, 0))
+    pattern_shapes('front')
     backpack_front()
-    for side in ("left", "right"):
+    for side in ('left', 'right'):
       arm_shapes(side)
-    bag_shapes("front")
-    head_shapes("front")
-  elif pose.view == "back":
-    for side in ("left", "right"):
+    bag_shapes('front')
+    head_shapes('front')
+  elif pose.view == 'back':
+    for side in ('left', 'right'):
       leg_shapes(side)
     lower_garment()
-    add(Shape("upper", torso, up_c, 0))
-    pattern_shapes("back")
-    for side in ("left", "right"):
+    add(Shape('upper', torso, up_c, 0))
+    pattern_shapes('back')
+    for side in ('left', 'right'):
       arm_shapes(side)
-    bag_shapes("back")
+    bag_shapes('back')
     backpack_back()
-    head_shapes("back")
+    head_shapes('back')
   else:  # side: far arm and leg first, the backpack bulges behind (-x)
     arm_shapes(far)
     leg_shapes(far)
     leg_shapes(near)
     lower_garment()
-    if identity.has("backpack"):
+    if identity.has('backpack'):
       add(
         Shape(
-          "backpack",
+          'backpack',
           _rect(
             torso[:, 0].min() - 0.075,
             sh_y + 0.03,
@@ -997,13 +997,13 @@ def person_shapes(
           1,
         )
       )
-    add(Shape("upper", torso, up_c, 0))
-    pattern_shapes("side")
-    bag_shapes("side")
+    add(Shape('upper', torso, up_c, 0))
+    pattern_shapes('side')
+    bag_shapes('side')
     arm_shapes(near)
-    head_shapes("side")
+    head_shapes('side')
 
-  if pose.view == "back" or pose.mirror:
+  if pose.view == 'back' or pose.mirror:
     shapes = [dataclasses.replace(s, points=s.points * np.array([-1.0, 1.0])) for s in shapes]
   stature = body.age_height[age] * d.height
   return shapes, stature
@@ -1029,11 +1029,11 @@ def sample_photo_pose(
     view = VIEWS[
       int(rng.choice(len(VIEWS), p=np.asarray(params.view_probs) / np.sum(params.view_probs)))
     ]
-  _check_choice("view", view, VIEWS)
+  _check_choice('view', view, VIEWS)
   rad = math.radians
   stride = rng.uniform(-rad(params.stride_deg), rad(params.stride_deg))
   swing = rng.uniform(-rad(params.arm_swing_deg), rad(params.arm_swing_deg))
-  if view == "side":  # arms swing opposite to the legs
+  if view == 'side':  # arms swing opposite to the legs
     arm_l, arm_r = -swing, swing
   else:
     # Facing the camera the arms hang slightly outward (never through the torso).
@@ -1043,7 +1043,7 @@ def sample_photo_pose(
   # A side view faces left or right with equal chance.
   return Pose(
     view=view,
-    mirror=bool(view == "side" and rng.random() < 0.5),
+    mirror=bool(view == 'side' and rng.random() < 0.5),
     stride=stride,
     arm_left=arm_l,
     arm_right=arm_r,
@@ -1067,11 +1067,11 @@ def render_photo(
   All randomness (pose, view unless given, clutter, framing, light, noise, blur) comes from
   ``rng``; the same generator state gives the same image.
   """
-  h_out, w_out = _check_size("render_photo(size=...)", size)
+  h_out, w_out = _check_size('render_photo(size=...)', size)
   ss = int(params.supersample)
   w, h = w_out * ss, h_out * ss
   bg = np.asarray(camera.background)
-  img = Image.new("RGB", (w, h), tuple(int(v) for v in bg))
+  img = Image.new('RGB', (w, h), tuple(int(v) for v in bg))
   draw = ImageDraw.Draw(img)
 
   # Ground: a darker band under the horizon so the feet stand on something.
@@ -1118,7 +1118,7 @@ def render_photo(
   light = rng.uniform(*params.illumination) * camera.brightness
   arr = arr * (np.asarray(camera.gain, dtype=np.float32) * light)
   arr = arr + rng.normal(0.0, params.noise_std, arr.shape).astype(np.float32)
-  img = Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8), "RGB")
+  img = Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8), 'RGB')
   radius = rng.uniform(*params.blur_radius)
   if radius > 0.05:  # PIL's blur at tiny radii is a no-op costing time
     img = img.filter(ImageFilter.GaussianBlur(radius))
@@ -1131,14 +1131,14 @@ def render_photo(
 
 # Which omission probability of a SketchStyle applies to a Shape.part (others are never omitted).
 _OMIT_GROUP: Mapping[str, str] = {
-  "pattern": "omit_pattern",
-  "shoes": "omit_shoes",
-  "face": "omit_face",
-  "hair": "omit_hair",
-  "bag": "omit_accessory",
-  "backpack": "omit_accessory",
-  "handbag": "omit_accessory",
-  "hat": "omit_accessory",
+  'pattern': 'omit_pattern',
+  'shoes': 'omit_shoes',
+  'face': 'omit_face',
+  'hair': 'omit_hair',
+  'bag': 'omit_accessory',
+  'backpack': 'omit_accessory',
+  'handbag': 'omit_accessory',
+  'hat': 'omit_accessory',
 }
 
 _HATCH_CACHE: dict[tuple[int, int, int, int], Image.Image] = {}
@@ -1149,7 +1149,7 @@ def _hatch_texture(size: tuple[int, int], grey: int, spacing: int, width: int) -
   key = (size[0], size[1], grey, spacing)
   tex = _HATCH_CACHE.get(key)
   if tex is None:
-    tex = Image.new("L", size, 255)
+    tex = Image.new('L', size, 255)
     d = ImageDraw.Draw(tex)
     for x in range(-size[1], size[0], max(spacing, 2)):
       d.line([x, 0, x + size[1], size[1]], fill=grey, width=width)
@@ -1185,11 +1185,11 @@ def render_sketch(
   body: BodyPlan = BodyPlan(),
 ) -> Image.Image:
   """A greyscale (mode 'L') line drawing of ``identity`` by an artist with ``style``."""
-  h_out, w_out = _check_size("render_sketch(size=...)", size)
+  h_out, w_out = _check_size('render_sketch(size=...)', size)
   ss = int(params.supersample)
   w, h = w_out * ss, h_out * ss
   px = h_out / params.reference_height  # style pixel sizes are for a 256-high output
-  img = Image.new("L", (w, h), 255)
+  img = Image.new('L', (w, h), 255)
   draw = ImageDraw.Draw(img)
 
   # The artist's memory distorts proportions and may put a bag on the wrong side.
@@ -1204,7 +1204,7 @@ def render_sketch(
   swap = bool(rng.random() < style.side_swap_prob)
   rad = math.radians
   pose = Pose(
-    view="front",
+    view='front',
     stride=rng.uniform(-1, 1) * rad(params.stride_deg),
     arm_left=rad(params.arm_deg) * rng.uniform(0.5, 1.5),
     arm_right=rad(params.arm_deg) * rng.uniform(0.5, 1.5),
@@ -1226,7 +1226,7 @@ def render_sketch(
     grey = int(round(255.0 - style.shading * (255.0 - luminance(s.colour))))
     if s.closed:
       if style.hatching and grey < 245:
-        mask = Image.new("L", (w, h), 0)
+        mask = Image.new('L', (w, h), 0)
         ImageDraw.Draw(mask).polygon(pts, fill=255)
         spacing = int(round((3 + 9 * grey / 255.0) * px * ss))
         draw.polygon(pts, fill=255)
@@ -1244,7 +1244,7 @@ def render_sketch(
       edges = np.diff(np.concatenate([[0], keep.astype(np.int8), [0]]))
       xy = line.tolist()
       for a, b in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)):
-        draw.line([tuple(p) for p in xy[a : b + 1]], fill=0, width=width, joint="curve")
+        draw.line([tuple(p) for p in xy[a : b + 1]], fill=0, width=width, joint='curve')
   if ss > 1:
     img = img.reduce(ss)
   return img
@@ -1252,5 +1252,5 @@ def render_sketch(
 
 def _check_size(where: str, size: Sequence[int]) -> tuple[int, int]:
   if len(size) != 2 or min(int(v) for v in size) < 8:
-    raise ValueError(f"{where} = {tuple(size)}; give (height, width) with both ≥ 8 pixels.")
+    raise ValueError(f'{where} = {tuple(size)}; give (height, width) with both ≥ 8 pixels.')
   return int(size[0]), int(size[1])

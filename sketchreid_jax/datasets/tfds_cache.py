@@ -1,6 +1,6 @@
 """TFDS plumbing every manual_dir reader shares: fingerprinted build cache, quiet build, reading.
 
-Market-Sketch-1K and PKU-Sketch (DESIGN §2, §5, §6) both build a TFDS copy of a local folder once
+Market-Sketch-1K and PKU-Sketch (docs/design.md §2, §5, §6) both build a TFDS copy of a local folder once
 and read it back into a ``SampleTable``; this module holds the dataset-independent parts.
 
 Interpretations chosen:
@@ -25,11 +25,13 @@ from typing import Iterable, Iterator, Sequence
 
 from sketchreid_jax.tf_setup import tf  # noqa: E402  (hides GPUs from TF first)
 
+# isort: split
+
 import tensorflow_datasets as tfds  # noqa: E402
 from absl import logging as absl_logging  # noqa: E402
 from etils import epath  # noqa: E402
 
-DEFAULT_CACHE_DIR = "~/.cache/sketchreid_jax/tfds"
+DEFAULT_CACHE_DIR = '~/.cache/sketchreid_jax/tfds'
 
 
 def fingerprint(root: str | os.PathLike, rel_paths: Iterable[str]) -> str:
@@ -38,7 +40,7 @@ def fingerprint(root: str | os.PathLike, rel_paths: Iterable[str]) -> str:
   digest = hashlib.sha1(str(root).encode())
   for rel in sorted(rel_paths):
     stat = (root / rel).stat()
-    digest.update(f"\0{rel}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
+    digest.update(f'\0{rel}\0{stat.st_size}\0{stat.st_mtime_ns}'.encode())
   return digest.hexdigest()
 
 
@@ -53,7 +55,7 @@ def is_built(data_dir: str | os.PathLike, builder_class) -> bool:
   """Whether ``data_dir`` holds a finished build of ``builder_class`` (its dataset_info.json is
   written last), found without constructing the builder (that logs about a missing folder)."""
   version = Path(data_dir) / builder_class.name / str(builder_class.VERSION)
-  return (version / "dataset_info.json").is_file()
+  return (version / 'dataset_info.json').is_file()
 
 
 class LocalCodePath:
@@ -76,7 +78,7 @@ def quiet_tfds() -> Iterator[None]:
   previous = (
     absl_logging.get_verbosity(),
     tf.get_logger().level,
-    getattr(tqdm_utils, "_active", True),
+    getattr(tqdm_utils, '_active', True),
   )
   absl_logging.set_verbosity(absl_logging.WARNING)
   tf.get_logger().setLevel(logging.WARNING)
@@ -89,7 +91,7 @@ def quiet_tfds() -> Iterator[None]:
     tfds.display_progress_bar(previous[2])
 
 
-def prepare(builder_class, root: Path, data_dir) -> "tfds.core.DatasetBuilder":
+def prepare(builder_class, root: Path, data_dir) -> 'tfds.core.DatasetBuilder':
   """``builder_class`` on ``data_dir``, built from the manual_dir ``root`` unless already built.
 
   One process builds a fingerprint at a time (an exclusive lock on ``<data_dir>/.build.lock``):
@@ -99,7 +101,7 @@ def prepare(builder_class, root: Path, data_dir) -> "tfds.core.DatasetBuilder":
   """
   Path(data_dir).mkdir(parents=True, exist_ok=True)
   # Append mode: taking the lock must not touch the file (a cached load writes nothing).
-  with open(Path(data_dir) / ".build.lock", "a") as lock:
+  with open(Path(data_dir) / '.build.lock', 'a') as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
     try:
       builder = builder_class(data_dir=str(data_dir))
@@ -121,22 +123,22 @@ def read_split(builder: tfds.core.DatasetBuilder, split: str, batch: int) -> dic
     for key in out:
       values = chunk[key]
       if key in text_keys:
-        values = [v.decode("utf-8") for v in values]
+        values = [v.decode('utf-8') for v in values]
       out[key].extend(values)
-  out["split"] = [split] * len(next(iter(out.values()), []))
+  out['split'] = [split] * len(next(iter(out.values()), []))
   return out
 
 
-def image_table_features(*, styles: str, cameras: str) -> "tfds.features.FeaturesDict":
+def image_table_features(*, styles: str, cameras: str) -> 'tfds.features.FeaturesDict':
   """The per-image example schema every reader stores: raw bytes (no re-encoding) + identity."""
   return tfds.features.FeaturesDict(
     {
-      "image": tfds.features.Tensor(shape=(), dtype=tf.string),
-      "pid": tfds.features.Scalar(dtype=tf.int32),
-      "modality": tfds.features.Scalar(dtype=tf.int32, doc="0 photo, 1 sketch"),
-      "style": tfds.features.Text(doc=f"'' for photos, {styles} for sketches"),
-      "camid": tfds.features.Scalar(dtype=tf.int32, doc=f"camera ({cameras}), 0 for sketches"),
-      "path": tfds.features.Text(doc="path relative to the dataset root"),
+      'image': tfds.features.Tensor(shape=(), dtype=tf.string),
+      'pid': tfds.features.Scalar(dtype=tf.int32),
+      'modality': tfds.features.Scalar(dtype=tf.int32, doc='0 photo, 1 sketch'),
+      'style': tfds.features.Text(doc=f"'' for photos, {styles} for sketches"),
+      'camid': tfds.features.Scalar(dtype=tf.int32, doc=f'camera ({cameras}), 0 for sketches'),
+      'path': tfds.features.Text(doc='path relative to the dataset root'),
     }
   )
 
@@ -148,12 +150,12 @@ def image_examples(root: Path, records: Sequence) -> Iterator[tuple[str, dict]]:
     yield (
       record.path,
       {
-        "image": (root / record.path).read_bytes(),
-        "pid": record.pid,
-        "modality": record.modality,
-        "style": record.style,
-        "camid": record.camid,
-        "path": record.path,
+        'image': (root / record.path).read_bytes(),
+        'pid': record.pid,
+        'modality': record.modality,
+        'style': record.style,
+        'camid': record.camid,
+        'path': record.path,
       },
     )
 

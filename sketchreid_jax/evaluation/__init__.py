@@ -12,22 +12,21 @@ report) must stay cheap to import for tools and notebooks that only score distan
 
 import importlib
 
-from sketchreid_jax.evaluation.ranked_list import ranked_list_figure
-from sketchreid_jax.evaluation.ranked_list import ranked_list_from_eval
-from sketchreid_jax.evaluation.ranked_list import top_k_matches
-from sketchreid_jax.evaluation.ranking import RankResult
-from sketchreid_jax.evaluation.ranking import evaluate_rank
-from sketchreid_jax.evaluation.ranking import pairwise_distance
+from sketchreid_jax.evaluation.ranked_list import (
+  ranked_list_figure,
+  ranked_list_from_eval,
+  top_k_matches,
+)
+from sketchreid_jax.evaluation.ranking import RankResult, evaluate_rank, pairwise_distance
+from sketchreid_jax.evaluation.report import chance_levels, format_table, plot_cmc, write_results
 from sketchreid_jax.evaluation.rerank import k_reciprocal_rerank
-from sketchreid_jax.evaluation.report import chance_levels
-from sketchreid_jax.evaluation.report import format_table
-from sketchreid_jax.evaluation.report import plot_cmc
-from sketchreid_jax.evaluation.report import write_results
-from sketchreid_jax.evaluation.sbir import SBIRResult
-from sketchreid_jax.evaluation.sbir import sbir_accuracy
-from sketchreid_jax.evaluation.sbir import sbir_chance_levels
-from sketchreid_jax.evaluation.sbir import sbir_map
-from sketchreid_jax.evaluation.sbir import sbir_ranks
+from sketchreid_jax.evaluation.sbir import (
+  SBIRResult,
+  sbir_accuracy,
+  sbir_chance_levels,
+  sbir_map,
+  sbir_ranks,
+)
 
 # name -> the submodule that defines it, imported on first access
 _LAZY = {

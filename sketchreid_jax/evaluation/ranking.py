@@ -1,12 +1,12 @@
-"""Ranking metrics for re-identification: CMC, mAP and mINP (DESIGN §3, ``evaluate_rank``).
+"""Ranking metrics for re-identification: CMC, mAP and mINP (docs/design.md §3, ``evaluate_rank``).
 
 Host-side numpy; runs once per evaluation on the full query × gallery distance matrix.
 
-Interpretations chosen (the DESIGN contract leaves these open):
+Interpretations chosen (the papers leave these open):
 
 * **Filtering.** A gallery item with the same pid *and* the same camid as the query is removed
   from that query's ranked list (the Market-1501 protocol). With ``q_camids``/``g_camids`` both
-  ``None`` nothing is removed (sketch queries: DESIGN §5 says no camera filtering). Distractor pids
+  ``None`` nothing is removed (sketch queries: docs/design.md §5 says no camera filtering). Distractor pids
   (e.g. ``-1``) are not treated specially; they are simply never a match unless a query has them.
 * **Valid queries.** A query with no remaining positive is skipped and not counted in any average;
   ``num_valid_queries`` reports how many were used. No valid query at all raises ``ValueError``.
@@ -34,7 +34,7 @@ from typing import Literal
 
 import numpy as np
 
-__all__ = ["RankResult", "evaluate_rank", "pairwise_distance"]
+__all__ = ['RankResult', 'evaluate_rank', 'pairwise_distance']
 
 _DEFAULT_REPORT_RANKS: tuple[int, ...] = (1, 5, 10, 20)
 
@@ -52,17 +52,17 @@ class RankResult:
     """CMC at rank ``k`` (1-based)."""
     if not 1 <= k <= len(self.cmc):
       raise ValueError(
-        f"RankResult.rank: k={k} is outside 1..{len(self.cmc)} (the max_rank this result was "
-        "computed with); call evaluate_rank with a larger max_rank."
+        f'RankResult.rank: k={k} is outside 1..{len(self.cmc)} (the max_rank this result was '
+        'computed with); call evaluate_rank with a larger max_rank.'
       )
     return float(self.cmc[k - 1])
 
   def to_dict(self, ranks: tuple[int, ...] = _DEFAULT_REPORT_RANKS) -> dict[str, float | int]:
     """``{'mAP', 'mINP', 'R-k' for k in ranks, 'num_valid_queries'}``."""
-    out: dict[str, float | int] = {"mAP": float(self.mAP), "mINP": float(self.mINP)}
+    out: dict[str, float | int] = {'mAP': float(self.mAP), 'mINP': float(self.mINP)}
     for k in ranks:
-      out[f"R-{k}"] = self.rank(k)
-    out["num_valid_queries"] = int(self.num_valid_queries)
+      out[f'R-{k}'] = self.rank(k)
+    out['num_valid_queries'] = int(self.num_valid_queries)
     return out
 
 
@@ -70,8 +70,8 @@ def _as_1d(x, name: str, length: int, length_name: str) -> np.ndarray:
   arr = np.asarray(x)
   if arr.ndim != 1 or arr.shape[0] != length:
     raise ValueError(
-      f"evaluate_rank: {name} must be 1-D with one entry per {length_name} ({length}), got shape "
-      f"{arr.shape}; pass the ids in the same order as the distmat axis."
+      f'evaluate_rank: {name} must be 1-D with one entry per {length_name} ({length}), got shape '
+      f'{arr.shape}; pass the ids in the same order as the distmat axis.'
     )
   return arr
 
@@ -90,10 +90,10 @@ def _same_pid_pairs(q_pids: np.ndarray, g_pids: np.ndarray) -> tuple[np.ndarray,
   """(rows, cols) of every same-pid (query, gallery) pair, by query, columns ascending: the
   ``np.nonzero(q_pids[:, None] == g_pids[None, :])`` of a Q × G mask, from the gallery grouped by
   pid instead (milliseconds where the mask costs ~0.1 s at Market-1501 scale)."""
-  by_pid = np.argsort(g_pids, kind="stable")
+  by_pid = np.argsort(g_pids, kind='stable')
   sorted_pids = g_pids[by_pid]
-  lo = np.searchsorted(sorted_pids, q_pids, side="left")
-  counts = np.searchsorted(sorted_pids, q_pids, side="right") - lo
+  lo = np.searchsorted(sorted_pids, q_pids, side='left')
+  counts = np.searchsorted(sorted_pids, q_pids, side='right') - lo
   rows = np.repeat(np.arange(q_pids.shape[0]), counts)
   # Entry i of query q's run reads by_pid[lo[q] + i].
   run_start = np.cumsum(counts) - counts
@@ -130,8 +130,8 @@ def _same_pid_positions(
     ordered.sort(axis=1)
     for q in np.flatnonzero(np.diff(bounds[start : stop + 1])):  # queries with a same-pid item
       sl = slice(bounds[start + q], bounds[start + q + 1])
-      lo = np.searchsorted(ordered[q], values[sl], side="left")
-      hi = np.searchsorted(ordered[q], values[sl], side="right")
+      lo = np.searchsorted(ordered[q], values[sl], side='left')
+      hi = np.searchsorted(ordered[q], values[sl], side='right')
       pos[sl] = lo
       tied[sl] = hi - lo > 1
   for i in np.flatnonzero(tied):
@@ -162,32 +162,32 @@ def evaluate_rank(
   distmat = np.asarray(distmat)
   if distmat.ndim != 2 or 0 in distmat.shape:
     raise ValueError(
-      f"evaluate_rank: distmat must be a non-empty 2-D (num_query, num_gallery) array, got shape "
-      f"{distmat.shape}."
+      f'evaluate_rank: distmat must be a non-empty 2-D (num_query, num_gallery) array, got shape '
+      f'{distmat.shape}.'
     )
   if not np.issubdtype(distmat.dtype, np.number) or np.iscomplexobj(distmat):
-    raise ValueError(f"evaluate_rank: distmat must be real-valued, got dtype {distmat.dtype}.")
+    raise ValueError(f'evaluate_rank: distmat must be real-valued, got dtype {distmat.dtype}.')
   num_q, num_g = distmat.shape
   # min propagates NaN and needs no Q × G temporary (isnan(...).any() does).
   if np.isnan(distmat.min()):
     bad = np.argwhere(np.isnan(distmat))
     raise ValueError(
-      f"evaluate_rank: distmat contains {len(bad)} NaN value(s) (first at query {bad[0, 0]}, "
-      f"gallery {bad[0, 1]}); NaN cannot be ranked — check the embeddings for NaN/inf."
+      f'evaluate_rank: distmat contains {len(bad)} NaN value(s) (first at query {bad[0, 0]}, '
+      f'gallery {bad[0, 1]}); NaN cannot be ranked — check the embeddings for NaN/inf.'
     )
   if isinstance(max_rank, bool) or not isinstance(max_rank, (int, np.integer)) or max_rank < 1:
-    raise ValueError(f"evaluate_rank: max_rank must be a positive int, got {max_rank!r}.")
-  q_pids = _as_1d(q_pids, "q_pids", num_q, "distmat row (query)")
-  g_pids = _as_1d(g_pids, "g_pids", num_g, "distmat column (gallery item)")
+    raise ValueError(f'evaluate_rank: max_rank must be a positive int, got {max_rank!r}.')
+  q_pids = _as_1d(q_pids, 'q_pids', num_q, 'distmat row (query)')
+  g_pids = _as_1d(g_pids, 'g_pids', num_g, 'distmat column (gallery item)')
   if (q_camids is None) != (g_camids is None):
     raise ValueError(
-      "evaluate_rank: pass both q_camids and g_camids (same-pid same-camera removal) or neither "
-      "(no removal); got only one."
+      'evaluate_rank: pass both q_camids and g_camids (same-pid same-camera removal) or neither '
+      '(no removal); got only one.'
     )
   use_cams = q_camids is not None
   if use_cams:
-    q_camids = _as_1d(q_camids, "q_camids", num_q, "distmat row (query)")
-    g_camids = _as_1d(g_camids, "g_camids", num_g, "distmat column (gallery item)")
+    q_camids = _as_1d(q_camids, 'q_camids', num_q, 'distmat row (query)')
+    g_camids = _as_1d(g_camids, 'g_camids', num_g, 'distmat column (gallery item)')
 
   rows, cols, pos = _same_pid_positions(distmat, q_pids, g_pids)
   if use_cams:
@@ -195,19 +195,19 @@ def evaluate_rank(
   else:
     removed = np.zeros(rows.shape, np.int64)
 
-  first = np.searchsorted(rows, rows, side="left")
+  first = np.searchsorted(rows, rows, side='left')
   # Removed items ranked before an entry shift its rank in the filtered list.
   removed_before = _segment_cumsum(removed, first) - removed
   keep = removed == 0
   rows_k = rows[keep]
   if rows_k.size == 0:
     raise ValueError(
-      f"evaluate_rank: none of the {num_q} queries has a matching gallery item (same pid"
-      f"{', different camera' if use_cams else ''}); check that q_pids and g_pids use the same "
-      "identity labels and that the gallery contains the query identities."
+      f'evaluate_rank: none of the {num_q} queries has a matching gallery item (same pid'
+      f'{", different camera" if use_cams else ""}); check that q_pids and g_pids use the same '
+      'identity labels and that the gallery contains the query identities.'
     )
   rank = (pos[keep] + 1 - removed_before[keep]).astype(np.float64)
-  first_k = np.searchsorted(rows_k, rows_k, side="left")
+  first_k = np.searchsorted(rows_k, rows_k, side='left')
   hits = _segment_cumsum(np.ones(rows_k.shape, np.int64), first_k).astype(np.float64)
 
   num_pos = np.bincount(rows_k, minlength=num_q)
@@ -234,7 +234,7 @@ def evaluate_rank(
 def pairwise_distance(
   q,
   g,
-  metric: Literal["euclidean", "cosine"] = "euclidean",
+  metric: Literal['euclidean', 'cosine'] = 'euclidean',
   *,
   chunk_size: int = 1024,
   eps: float = 1e-12,
@@ -249,17 +249,17 @@ def pairwise_distance(
   g = np.asarray(g, dtype=np.float32)
   if q.ndim != 2 or g.ndim != 2 or q.shape[1] != g.shape[1]:
     raise ValueError(
-      f"pairwise_distance: q and g must be 2-D (num, dim) with the same dim, got {q.shape} and "
-      f"{g.shape}."
+      f'pairwise_distance: q and g must be 2-D (num, dim) with the same dim, got {q.shape} and '
+      f'{g.shape}.'
     )
-  if metric not in ("euclidean", "cosine"):
+  if metric not in ('euclidean', 'cosine'):
     raise ValueError(f"pairwise_distance: metric must be 'euclidean' or 'cosine', got {metric!r}.")
   if chunk_size < 1:
-    raise ValueError(f"pairwise_distance: chunk_size must be >= 1, got {chunk_size}.")
-  if metric == "cosine":
+    raise ValueError(f'pairwise_distance: chunk_size must be >= 1, got {chunk_size}.')
+  if metric == 'cosine':
     q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), eps)
     g = g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), eps)
-  g_sq = np.einsum("ij,ij->i", g, g)
+  g_sq = np.einsum('ij,ij->i', g, g)
   out = np.empty((q.shape[0], g.shape[0]), np.float32)
   # Every step writes into the output block in place: the matmul is the only full-size pass and no
   # temporary is allocated, ~3× faster than building temporaries at Market-1501 scale.
@@ -267,11 +267,11 @@ def pairwise_distance(
     block = q[start : start + chunk_size]
     dst = out[start : start + chunk_size]
     np.matmul(block, g.T, out=dst)
-    if metric == "cosine":
+    if metric == 'cosine':
       np.subtract(1.0, dst, out=dst)
     else:
       dst *= -2.0
-      dst += np.einsum("ij,ij->i", block, block)[:, None]
+      dst += np.einsum('ij,ij->i', block, block)[:, None]
       dst += g_sq[None, :]
       # Cancellation can make the squared distance slightly negative.
       np.maximum(dst, 0.0, out=dst)

@@ -1,4 +1,4 @@
-"""Circle losses of DALNet (seed 003; DESIGN §4 "circle loss"), cross-modal and intra-modal.
+"""Circle losses of DALNet (docs/design.md §4 "circle loss"), cross-modal and intra-modal.
 
 Circle loss (Sun et al., "Circle Loss: A Unified Perspective of Pair Similarity Optimization",
 CVPR 2020), pair-based form, for one anchor with positive similarities s_p and negative ones s_n:
@@ -8,10 +8,10 @@ CVPR 2020), pair-based form, for one anchor with positive similarities s_p and n
     Δ_p    = 1 − m,            Δ_n = m
     L      = softplus(logsumexp_p(−γ α_p (s_p − Δ_p)) + logsumexp_n(γ α_n (s_n − Δ_n)))
 
-which is Sun et al.'s log[1 + Σ_n exp(γ α_n (s_n − Δ_n)) Σ_p exp(−γ α_p (s_p − Δ_p))]. DESIGN fixes
+which is Sun et al.'s log[1 + Σ_n exp(γ α_n (s_n − Δ_n)) Σ_p exp(−γ α_p (s_p − Δ_p))]. docs/design.md §4 fixes
 m = 0.25 and γ = 64 (the keyword defaults; the config sets them).
 
-Interpretations chosen (the seed lost its formula images; DESIGN §4 fixes the facts above):
+Interpretations chosen (the seed lost its formula images; docs/design.md §4 fixes the facts above):
 
 * **Cross-modal** (``circle_pairwise``): anchors are the rows of ``a``, candidates the rows of
   ``b``; positives are the candidates of the anchor's identity, negatives all the others. The
@@ -105,7 +105,7 @@ def circle_pairwise(
   exclude_self: bool | None = None,
   eps: float = 1e-12,
 ) -> jax.Array:
-  """Cross-modal circle loss, DALNet (seed 003), circle loss (Sun et al. 2020, pair-based form).
+  """Cross-modal circle loss, DALNet, circle loss (Sun et al. 2020, pair-based form).
 
   Equation and interpretations in the module docstring.
 
@@ -154,7 +154,7 @@ def circle_intra(
   exclude_self: bool = False,
   eps: float = 1e-12,
 ) -> jax.Array:
-  """Intra-modal circle loss, DALNet (seed 003), circle loss around the MIA module.
+  """Intra-modal circle loss, DALNet, circle loss around the MIA module.
 
   Equation and interpretations (positives before/after MIA, hard-negative mining) in the module
   docstring.

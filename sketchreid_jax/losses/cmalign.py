@@ -1,4 +1,4 @@
-"""L_dt, the dense triplet loss of CMAlign (DESIGN §4 "CMAlign (L_ic, L_dt)").
+"""L_dt, the dense triplet loss of CMAlign (docs/design.md §4 "CMAlign (L_ic, L_dt)").
 
 From the MM'23 Market-Sketch-1K baseline, after Park et al., "Learning by Aligning" (ICCV 2021).
 For a map f, its reconstructions from a positive (f̂⁺) and a negative (f̂⁻) partner of the other
@@ -11,7 +11,7 @@ with i running over the H×W positions. The training step sums L_dt over layer3 
 
 Interpretations chosen:
 
-* eps sits inside the square root (DESIGN's "eps 1e-6"): the gradient stays finite where a
+* eps sits inside the square root (eps = 1e-6, docs/design.md §4): the gradient stays finite where a
   reconstruction equals f exactly (d = sqrt(eps) ≈ 1e-3, so the loss of an exact positive and a
   negative at distance ≥ margin + 1e-3 is exactly zero).
 * The mean runs over all N·H·W positions, not over Σ c: positions with c = 0 count as zeros (the

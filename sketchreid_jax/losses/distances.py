@@ -1,4 +1,4 @@
-"""Pairwise distances between embedding sets, shared by the metric-learning losses (DESIGN §4).
+"""Pairwise distances between embedding sets, shared by the metric-learning losses (docs/design.md §4).
 
     euclidean(a, b)_ij = sqrt(max(‖a_i‖² + ‖b_j‖² − 2 a_i·b_j, eps))
     cosine(a, b)_ij    = a_i·b_j / (max(‖a_i‖, eps) · max(‖b_j‖, eps))
@@ -19,13 +19,13 @@ Interpretations chosen:
 import jax
 import jax.numpy as jnp
 
-__all__ = ["cosine_similarity", "euclidean_distance"]
+__all__ = ['cosine_similarity', 'euclidean_distance']
 
 
 def _promote(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
   if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
     raise ValueError(
-      f"distance: a and b must be 2-D (num, dim) with the same dim, got {a.shape} and {b.shape}."
+      f'distance: a and b must be 2-D (num, dim) with the same dim, got {a.shape} and {b.shape}.'
     )
   dtype = jnp.promote_types(jnp.result_type(a, b), jnp.float32)
   return a.astype(dtype), b.astype(dtype)

@@ -1,4 +1,4 @@
-"""Identity (classification) loss on the BNNeck logits (DESIGN §4 "Baseline", L_id).
+"""Identity (classification) loss on the BNNeck logits (docs/design.md §4 "Baseline", L_id).
 
     L_id = −(1/N) Σ_n Σ_c q_nc · log softmax(z_n)_c,   q_nc = (1 − ε)·[c = y_n] + ε / C
 
@@ -16,7 +16,7 @@ Interpretations chosen:
 import jax
 import jax.numpy as jnp
 
-__all__ = ["cross_entropy"]
+__all__ = ['cross_entropy']
 
 
 def cross_entropy(
@@ -27,15 +27,15 @@ def cross_entropy(
   labels = jnp.asarray(labels)
   if logits.ndim != 2 or labels.shape != logits.shape[:1]:
     raise ValueError(
-      f"cross_entropy: logits must be (N, C) and labels (N,), got {logits.shape} and "
-      f"{labels.shape}."
+      f'cross_entropy: logits must be (N, C) and labels (N,), got {logits.shape} and '
+      f'{labels.shape}.'
     )
   if not jnp.issubdtype(labels.dtype, jnp.integer):
-    raise ValueError(f"cross_entropy: labels must be integer class ids, got dtype {labels.dtype}.")
+    raise ValueError(f'cross_entropy: labels must be integer class ids, got dtype {labels.dtype}.')
   if isinstance(label_smoothing, (int, float)) and not 0.0 <= label_smoothing < 1.0:
     raise ValueError(
-      f"cross_entropy: label_smoothing must be in [0, 1), got {label_smoothing} "
-      "(config.loss.label_smoothing)."
+      f'cross_entropy: label_smoothing must be in [0, 1), got {label_smoothing} '
+      '(config.loss.label_smoothing).'
     )
   logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
   num_classes = logits.shape[1]

@@ -1,4 +1,4 @@
-"""Recognisable Target Centroid Loss (CMDSL seed ``000_…`` §3.2, Eqs. 6–12; DESIGN §4 "RTCL").
+"""Recognisable Target Centroid Loss (CMDSL seed ``000_…`` §3.2, Eqs. 6–12; docs/design.md §4 "RTCL").
 
 On the pre-BN embeddings f of a P×K×2 batch (K photos and K sketches for each of P identities),
 with φ(·,·) the Euclidean distance:
@@ -12,9 +12,9 @@ with φ(·,·) the Euclidean distance:
     θ          = Σ_y mean_{j: y_j = y} ‖f_j − c_y‖ / Σ_y mean_{j ∈ H_y} ‖f_j − c_y‖      (11)
     L_RTCL     = φ + θ                                                                   (12)
 
-Interpretations chosen (DESIGN §4 fixes the first four; the rest are ours):
+Interpretations chosen (docs/design.md §4 fixes the first four; the rest are ours):
 
-* Eq. 8 is written for sketch anchors; DESIGN applies (6)–(7) symmetrically to every one of the
+* Eq. 8 is written for sketch anchors; we apply (6)–(7) symmetrically to every one of the
   2PK anchors, photos included (a photo's "intra" set is the other photos of its identity and its
   "across" set the sketches), and φ is the mean over all of them.
 * Eq. 10's 1/(2K(P−1)) is the mean over all samples of other identities; Eq. 11's expectations
@@ -47,7 +47,7 @@ import numpy as np
 
 from sketchreid_jax.losses.distances import euclidean_distance
 
-__all__ = ["rtcl", "rtcl_terms"]
+__all__ = ['rtcl', 'rtcl_terms']
 
 
 def _masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
@@ -59,32 +59,32 @@ def _masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
 def _check(features: jax.Array, labels: jax.Array, modality: jax.Array) -> None:
   if features.ndim != 2 or labels.shape != features.shape[:1] or modality.shape != labels.shape:
     raise ValueError(
-      "rtcl: features must be (B, D), labels (B,) and modality (B,), got "
-      f"{features.shape}, {labels.shape} and {modality.shape}."
+      'rtcl: features must be (B, D), labels (B,) and modality (B,), got '
+      f'{features.shape}, {labels.shape} and {modality.shape}.'
     )
   if not jnp.issubdtype(labels.dtype, jnp.integer):
-    raise ValueError(f"rtcl: labels must be integer identities, got dtype {labels.dtype}.")
+    raise ValueError(f'rtcl: labels must be integer identities, got dtype {labels.dtype}.')
   if not (jnp.issubdtype(modality.dtype, jnp.integer) or modality.dtype == jnp.bool_):
-    raise ValueError(f"rtcl: modality must be integer (0 photo, 1 sketch), got {modality.dtype}.")
+    raise ValueError(f'rtcl: modality must be integer (0 photo, 1 sketch), got {modality.dtype}.')
   try:
     y, m = np.asarray(labels), np.asarray(modality).astype(np.int64)
   except jax.errors.TracerArrayConversionError:
     return  # Traced under jit: only the static checks above are possible.
   if not np.isin(m, (0, 1)).all():
     raise ValueError(
-      f"rtcl: modality must hold 0 (photo) or 1 (sketch), got values {sorted(set(m.tolist()))}."
+      f'rtcl: modality must hold 0 (photo) or 1 (sketch), got values {sorted(set(m.tolist()))}.'
     )
   ids = np.unique(y)
   if ids.size < 2:
     raise ValueError(
-      f"rtcl: the batch holds {ids.size} identity; θ needs negatives, so sample P ≥ 2 identities "
-      "(config.sampler.P)."
+      f'rtcl: the batch holds {ids.size} identity; θ needs negatives, so sample P ≥ 2 identities '
+      '(config.sampler.P).'
     )
   one_sided = [int(i) for i in ids if np.unique(m[y == i]).size < 2]
   if one_sided:
     raise ValueError(
-      f"rtcl: identities {one_sided} have samples of only one modality; D_across needs both, so "
-      "feed a P×K×2 batch (K photos and K sketches per identity)."
+      f'rtcl: identities {one_sided} have samples of only one modality; D_across needs both, so '
+      'feed a P×K×2 batch (K photos and K sketches per identity).'
     )
 
 

@@ -1,4 +1,4 @@
-"""Style refinement loss of DALNet (seed 003; DESIGN §4 "style refinement").
+"""Style refinement loss of DALNet (docs/design.md §4 "style refinement").
 
 A cosine InfoNCE: for anchor a_i (the auxiliary-modality feature), its single positive p_i (the
 same identity's sketch feature) and negatives n_ij (photo features), with ā = a/‖a‖:
@@ -8,7 +8,7 @@ same identity's sketch feature) and negatives n_ij (photo features), with ā = a
 
 with τ = 0.07 (the keyword default; the config sets it).
 
-Interpretations chosen (the seed lost its formula images; DESIGN §4 fixes the roles above):
+Interpretations chosen (the seed lost its formula images; docs/design.md §4 fixes the roles above):
 
 * Negatives are either one (M, D) set shared by every anchor (e.g. all photos of the batch, the
   anchor's own identity included, as in the seed's "photo features are negatives") or an
@@ -41,7 +41,7 @@ def style_refinement(
   temperature: float = 0.07,
   eps: float = 1e-12,
 ) -> jax.Array:
-  """DALNet (seed 003), style refinement loss: cosine InfoNCE (equation in the module docstring).
+  """DALNet, style refinement loss: cosine InfoNCE (equation in the module docstring).
 
   Applies no stop-gradient; the caller detaches whichever inputs should not be trained.
 

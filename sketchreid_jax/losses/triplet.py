@@ -1,4 +1,4 @@
-"""Triplet-family metric losses on a global batch of embeddings (DESIGN §4 "WRT").
+"""Triplet-family metric losses on a global batch of embeddings (docs/design.md §4 "WRT").
 
 **Weighted regularised triplet (WRT)** — Ye et al., "Deep Learning for Person Re-identification: A
 Survey and Outlook" (AGW, TPAMI 2021); the metric loss of the MM'23 Market-Sketch-1K baseline:
@@ -19,7 +19,7 @@ Re-Identification" (2017):
 Interpretations chosen:
 
 * WRT max-shift. ``shift='set'`` (default) uses the maximum over the set itself,
-  s^p_i = max_{P_i} d, s^n_i = max_{N_i} (−d): the numerically stable softmax the DESIGN's "softmax
+  s^p_i = max_{P_i} d, s^n_i = max_{N_i} (−d): the numerically stable softmax the "softmax
   over the set, max-shifted" describes; the weights then sum to 1/(1 + 1e-6·e^{…}) ≈ 1.
   ``shift='reference'`` reproduces the public AGW code, which shifts by ``max(x * mask)`` over the
   whole row: identical for positives, but for negatives that maximum is 0 (every masked-out entry is
@@ -40,23 +40,23 @@ import jax.numpy as jnp
 
 from sketchreid_jax.losses.distances import euclidean_distance
 
-__all__ = ["batch_hard_triplet", "wrt_triplet"]
+__all__ = ['batch_hard_triplet', 'wrt_triplet']
 
 
 def _check(features: jax.Array, labels: jax.Array, fn: str) -> None:
   if features.ndim != 2 or labels.shape != features.shape[:1]:
     raise ValueError(
-      f"{fn}: features must be (N, D) and labels (N,), got {features.shape} and {labels.shape}."
+      f'{fn}: features must be (N, D) and labels (N,), got {features.shape} and {labels.shape}.'
     )
 
 
 def _masked_softmax_weights(x: jax.Array, mask: jax.Array, *, shift: str, eps: float) -> jax.Array:
   """Row-wise softmax of ``x`` restricted to ``mask``, with ``eps`` added to the denominator."""
-  if shift == "set":
+  if shift == 'set':
     row_max = jnp.max(jnp.where(mask, x, -jnp.inf), axis=1, keepdims=True)
     # A row with an empty set has nothing to weight; any finite shift keeps it NaN-free.
     row_max = jnp.where(jnp.isfinite(row_max), row_max, 0.0)
-  elif shift == "reference":
+  elif shift == 'reference':
     row_max = jnp.max(x * mask, axis=1, keepdims=True)
   else:
     raise ValueError(f"wrt_triplet: shift must be 'set' or 'reference', got {shift!r}.")
@@ -69,7 +69,7 @@ def wrt_triplet(
   features: jax.Array,
   labels: jax.Array,
   *,
-  shift: Literal["set", "reference"] = "set",
+  shift: Literal['set', 'reference'] = 'set',
   weight_eps: float = 1e-6,
   dist_eps: float = 1e-12,
 ) -> jax.Array:
@@ -84,7 +84,7 @@ def wrt_triplet(
   """
   features = jnp.asarray(features)
   labels = jnp.asarray(labels)
-  _check(features, labels, "wrt_triplet")
+  _check(features, labels, 'wrt_triplet')
   dist = euclidean_distance(features, features, eps=dist_eps)
   is_pos = labels[:, None] == labels[None, :]
   is_neg = ~is_pos
@@ -104,7 +104,7 @@ def batch_hard_triplet(
   """Batch-hard triplet loss (Hermans et al. 2017); ``margin=None`` selects the soft margin."""
   features = jnp.asarray(features)
   labels = jnp.asarray(labels)
-  _check(features, labels, "batch_hard_triplet")
+  _check(features, labels, 'batch_hard_triplet')
   dist = euclidean_distance(features, features, eps=dist_eps)
   same = labels[:, None] == labels[None, :]
   is_pos = same & ~jnp.eye(labels.shape[0], dtype=bool)

@@ -155,7 +155,7 @@ def get_method(name: str) -> Method:
   if '.' not in name and name not in builtin_names():
     raise ValueError(
       f'unknown config.method {name!r}; known methods: {", ".join(builtin_names())} (or a '
-      "dotted module path whose METHOD is a sketchreid_jax.methods.Method)"
+      'dotted module path whose METHOD is a sketchreid_jax.methods.Method)'
     )
   try:
     module = importlib.import_module(module_name)

@@ -1,4 +1,4 @@
-"""MM'23 baseline wiring: two-stream ResNet-50 + GeM + BNNeck, identity CE + metric loss (DESIGN §4).
+"""MM'23 baseline wiring: two-stream ResNet-50 + GeM + BNNeck, identity CE + metric loss (docs/design.md §4).
 
 The metric loss (WRT by default) and the identity loss both see the global P×K×2 batch; the metric
 loss uses the pre-BN GeM feature and the identity loss the BNNeck logits, as in the reference code.
@@ -6,10 +6,9 @@ loss uses the pre-BN GeM feature and the identity loss the BNNeck logits, as in 
 
 import jax.numpy as jnp
 
-from sketchreid_jax import losses
-from sketchreid_jax import models
-from sketchreid_jax.models.resnet import STAGE_NAMES
+from sketchreid_jax import losses, models
 from sketchreid_jax.methods import Method, StageSplit
+from sketchreid_jax.models.resnet import STAGE_NAMES
 
 
 def config(c) -> None:

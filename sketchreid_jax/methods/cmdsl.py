@@ -1,4 +1,4 @@
-"""CMDSL wiring (seed 000, Eq. 13): L = L_id + L_wrt + λ1 (L_ic + L_dt) + λ2 L_rtcl.
+"""CMDSL wiring (CMDSL Eq. 13): L = L_id + L_wrt + λ1 (L_ic + L_dt) + λ2 L_rtcl.
 
 The same method also gives the MM'23 baseline with CMAlign (FFAM off, RTCL weight 0, L_ic weight 0
 as in the released MM'23 code) and every Table 6 ablation, by config alone. Terms whose weight is
@@ -12,11 +12,10 @@ within its batch), so L_dt and L_ic are per-device means, averaged over devices 
 
 import dataclasses
 
-from sketchreid_jax import losses
-from sketchreid_jax import models
+from sketchreid_jax import losses, models
 from sketchreid_jax.datasets import attributes as attributes_lib
-from sketchreid_jax.models.resnet import STAGE_NAMES
 from sketchreid_jax.methods import Method, baseline
+from sketchreid_jax.models.resnet import STAGE_NAMES
 
 
 def config(c) -> None:
@@ -59,8 +58,8 @@ def check(config, num_devices: int | None) -> None:
   if per_device - 1 < 1:
     raise validate.ConfigError(
       f'CMAlign (config.loss.cmalign_ic_weight={c.cmalign_ic_weight}, cmalign_dt_weight='
-      f'{c.cmalign_dt_weight}) draws each row\'s negative among the other identities of its '
-      f'device\'s batch, but config.sampler.P = {config.sampler.P} over {num_devices} device(s) '
+      f"{c.cmalign_dt_weight}) draws each row's negative among the other identities of its "
+      f"device's batch, but config.sampler.P = {config.sampler.P} over {num_devices} device(s) "
       f'leaves {per_device} identity per device: P / devices - 1 must be >= 1 (e.g. '
       f'--config.sampler.P={2 * num_devices}).'
     )

@@ -1,4 +1,4 @@
-"""DALNet wiring (seed 003): identity, cross-/intra-modal circle and style refinement losses.
+"""DALNet wiring: identity, cross-/intra-modal circle and style refinement losses.
 
 L = L_id(shared: photo, aux, sketch) + w_mia · L_id(MIA: photo, sketch)
     + w_cc · Σ_{(a,b) ∈ (p,s), (p,x), (x,s)} L_circle(a, b) + w_ic · L_circle-intra
@@ -46,7 +46,7 @@ not computed.) The seed lost its formula images, so the choices are ours and sta
 * Style refinement (InfoNCE, τ = 0.07) is computed on each device's own batch: anchor = aux
   stream's pooled layer-2 feature, the positive = the sketch of the same row (same identity by
   the batch layout), negatives = every photo of that batch; sketch and photo sides are
-  stop-gradient so only the DAG kernel and the aux stream learn from it (DESIGN §4).
+  stop-gradient so only the DAG kernel and the aux stream learn from it (docs/design.md §4).
 * Masks: ``data.mask_source='u2net'`` runs the frozen U²-Net(P) in the step (``prepare``) on this
   device's photos; its weights are frozen variables, loaded once by ``frozen_for``, not parameters.
 """
@@ -58,14 +58,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sketchreid_jax import losses
-from sketchreid_jax import models
-from sketchreid_jax.models.baseline import PHOTO, SKETCH
-from sketchreid_jax.models.dalnet import EarlyStream
-from sketchreid_jax.models.resnet import STAGE_NAMES, ResNetStage, stage_specs
+from sketchreid_jax import losses, models
 from sketchreid_jax.losses.circle import circle_intra, circle_pairwise
 from sketchreid_jax.losses.style import style_refinement
 from sketchreid_jax.methods import Method, StageSplit, baseline
+from sketchreid_jax.models.baseline import PHOTO, SKETCH
+from sketchreid_jax.models.dalnet import EarlyStream
+from sketchreid_jax.models.resnet import STAGE_NAMES, ResNetStage, stage_specs
 
 CROSS_PAIRS = (('photo', 'sketch'), ('photo', 'aux'), ('aux', 'sketch'))
 INTRA = ('photo', 'sketch')  # the seed's intra-modal term compresses sketches and photos
@@ -74,7 +73,7 @@ INTRA = ('photo', 'sketch')  # the seed's intra-modal term compresses sketches a
 def config(c) -> None:
   """DALNet's keys: the foreground masks, the three streams, DAG and MIA, the circle and style
   losses. Tables 1–2 ablate them."""
-  # DALNet's foreground masks (DESIGN §4 "DAG"): 'none' | 'precomputed' (read
+  # DALNet's foreground masks (docs/design.md §4 "DAG"): 'none' | 'precomputed' (read
   # <root>/masks/<mask_set>/..., made by tools.precompute_masks) | 'u2net' (run the frozen U²-Net
   # in the step; needs model.u2net_weights) | 'auto' ('precomputed' when <root>/masks/<mask_set>
   # exists, else 'none' with a warning).
@@ -92,13 +91,17 @@ def config(c) -> None:
   c.model.u2net_weights = ''
   c.model.u2net_size = (320, 320)
   # DALNet losses. The seed lost its weight values; each term defaults to 1 (the text calls the
-  # total "the sum" of the terms). Circle m and γ: Sun et al.'s defaults (DESIGN §4).
+  # total "the sum" of the terms). Circle m and γ: Sun et al.'s defaults (docs/design.md §4).
   c.loss.mia_id_weight = 1.0  # identity CE on the two MIA outputs (the seed's second L_id part)
-  c.loss.circle_cross_weight = 0.0  # cross-modal circle over (photo,sketch),(photo,aux),(aux,sketch)
+  c.loss.circle_cross_weight = (
+    0.0  # cross-modal circle over (photo,sketch),(photo,aux),(aux,sketch)
+  )
   c.loss.circle_intra_weight = 0.0  # intra-modal circle (pre/post-MIA positives, hard negatives)
   c.loss.circle_margin = 0.25  # m
   c.loss.circle_gamma = 64.0  # γ
-  c.loss.circle_hard_negatives = 1  # intra-modal: hardest other-identity samples per anchor; 0 = all
+  c.loss.circle_hard_negatives = (
+    1  # intra-modal: hardest other-identity samples per anchor; 0 = all
+  )
   # Circle terms' scale: 'none' = as written, 'gamma' = divided by γ (measured and rejected as the
   # default: the module doc, "Scale").
   c.loss.circle_scale = 'none'

@@ -1,4 +1,4 @@
-"""Flax linen modules, one idea per file (DESIGN.md §1, §3).
+"""Flax linen modules, one idea per file (docs/design.md §1, §3).
 
 Exports the backbone (resnet.py), the re-id heads (heads.py), the MM'23 baseline (baseline.py),
 CMDSL's FFAM (ffam.py) and backbone (cmdsl.py), and DALNet's parts: the auxiliary generator

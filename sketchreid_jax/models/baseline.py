@@ -1,6 +1,6 @@
 """The ACM MM'23 "Beyond Domain Gap" two-stream baseline (Market-Sketch-1K).
 
-Implements DESIGN.md §4 "Baseline": a ResNet-50 whose stem (conv1, bn1, relu, maxpool) is
+Implements docs/design.md §4 "Baseline": a ResNet-50 whose stem (conv1, bn1, relu, maxpool) is
 modality-specific (``photo_stem``, ``sketch_stem``) and whose layer1–layer4 are shared, followed
 by a shared GeM (p = 3, fixed by default) and a shared BNNeck. The module only assembles parts from
 ``resnet.py`` and ``heads.py``; there is no new maths here.
@@ -42,11 +42,11 @@ from sketchreid_jax.models.fusion import mean_of_sets
 from sketchreid_jax.models.heads import BNNeck, GeM
 from sketchreid_jax.models.nonlocal_block import NonLocal
 from sketchreid_jax.models.resnet import (
+  RESNET50_BLOCKS,
   STAGE_NAMES,
   ResNetStage,
   ResNetStem,
   run_stages,
-  RESNET50_BLOCKS,
   stage_specs,
 )
 
@@ -93,7 +93,7 @@ class Baseline(nn.Module):
     if self.fusion_nonlocal:
       self.fusion_block = NonLocal(**bn_kwargs)
     self.gem = GeM(p=self.gem_p, learnable=self.gem_learnable, eps=self.gem_eps)
-    # Heads compute in float32 regardless of the backbone dtype (DESIGN.md §4).
+    # Heads compute in float32 regardless of the backbone dtype (docs/design.md §4).
     self.bnneck = BNNeck(
       self.num_classes,
       bn_axis_name=self.bn_axis_name,

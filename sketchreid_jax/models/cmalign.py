@@ -1,6 +1,6 @@
 """CMAlign: dense cross-modal correspondence, its masks, the pairing and the reconstructions.
 
-Implements DESIGN.md §4 "CMAlign (L_ic, L_dt)" (the dense alignment of the MM'23 Market-Sketch-1K
+Implements docs/design.md §4 "CMAlign (L_ic, L_dt)" (the dense alignment of the MM'23 Market-Sketch-1K
 baseline, taken from Park et al., "Learning by Aligning: Visible-Infrared Person Re-identification
 using Cross-Modal Correspondences", ICCV 2021). Pure functions without parameters; they live under
 ``models`` because they are part of the training forward pass. The loss on their outputs, L_dt, is

@@ -1,13 +1,13 @@
 """The CMDSL backbone: the MM'23 two-stream baseline with an FFAM after the shared ResNet stages.
 
-Implements CMDSL seed §3 ("we integrate the FFAM after each ResNet block", §3.1) and DESIGN.md §4
+Implements CMDSL seed §3 ("we integrate the FFAM after each ResNet block", §3.1) and docs/design.md §4
 "FFAM" (inserted after each ResNet stage, configurable, shared where the stage is shared). The
 maths lives in ``ffam.py`` and ``baseline.py``; this module only assembles them.
 
 Interpretations chosen:
 
 * "After each ResNet block" means after each stage (layer1–layer4), not after every bottleneck,
-  as DESIGN.md §4 states. ``ffam_stages`` picks the stages (the Table 6 ablation: ``()`` is the
+  as docs/design.md §4 states. ``ffam_stages`` picks the stages (the Table 6 ablation: ``()`` is the
   plain baseline, with exactly Baseline's parameters and outputs).
 * layer1–4 are shared between modalities, so each stage's FFAM is one module shared by both: the
   photo and sketch halves of a batch pass through the same ``ffam_layerN``.
@@ -20,7 +20,7 @@ Interpretations chosen:
 * Parameter tree: Baseline's plus ``ffam_layer1`` … ``ffam_layer4`` (each ``fc1``, ``fc2``) for
   the stages listed; FFAM has no batch statistics.
 
-CMAlign (DESIGN §4, training only): with ``cmalign_layers`` set and ``label`` given, ``__call__``
+CMAlign (docs/design.md §4, training only): with ``cmalign_layers`` set and ``label`` given, ``__call__``
 also returns ``outputs['cmalign'][layer]`` = the layer's map ``f``, the reconstructions ``f_pos_hat``
 / ``f_neg_hat`` and the co-mask (the inputs of L_dt), and — when ``cmalign_identity`` — the logits of
 the reconstructed positive map pushed through the remaining stages (their FFAMs included) and the
@@ -32,7 +32,6 @@ The losses themselves live in ``losses/`` and are combined by the method (``meth
 from typing import Any
 
 import jax
-
 import jax.numpy as jnp
 
 from sketchreid_jax.models import cmalign
@@ -106,7 +105,7 @@ class CMDSL(Baseline):
     if self.cmalign_mask == 'attribute' and attributes is None:
       raise ValueError(
         "CMDSL: cmalign_mask='attribute' needs per-sample attributes, but the dataset has none "
-        "(no market_attribute.mat?); use --config.loss.cmalign_mask=norm."
+        '(no market_attribute.mat?); use --config.loss.cmalign_mask=norm.'
       )
     rng = self.make_rng('cmalign')
     result: dict[str, Any] = {'labels': label}

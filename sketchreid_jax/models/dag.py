@@ -1,6 +1,6 @@
 """DALNet's Dynamic Auxiliary Generator (DAG): a sketch-like auxiliary image from a photo.
 
-Implements DALNet (seed 003) / DESIGN.md §4 "DAG (DALNet)". For a photo x (NHWC, 3 channels) and a
+Implements DALNet / docs/design.md §4 "DAG". For a photo x (NHWC, 3 channels) and a
 foreground mask m (NHWC, 1 channel, values in [0, 1]):
 
     x_fg = N(m ⊙ N⁻¹(x))                      background removed in pixel space (m: frozen U²-Net)

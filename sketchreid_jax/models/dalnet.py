@@ -1,7 +1,7 @@
-"""DALNet: a three-stream ResNet-50 with the Dynamic Auxiliary Generator and MIA (seed 003).
+"""DALNet: a three-stream ResNet-50 with the Dynamic Auxiliary Generator and MIA.
 
 Implements DALNet's §2 ("Dynamic Auxiliary Generator", "Feature Extraction", "Modality Interactive
-Attention") as fixed in DESIGN.md §4 "DAG" and "Three streams". The maths lives in ``dag.py``,
+Attention") as fixed in docs/design.md §4 "DAG" and "Three streams". The maths lives in ``dag.py``,
 ``mia.py``, ``resnet.py`` and ``heads.py``; this module only assembles them.
 
 Interpretations chosen:
@@ -15,7 +15,7 @@ Interpretations chosen:
   (sampler's module doc), which is how MIA pairs (X_photo_i, A_i) and (X_sketch_i, A_i).
 * The foreground ``mask`` arrives with the batch, one (H, W, 1) map per row of [photos | sketches]
   (sketch rows are ignored): precomputed by the frozen U²-Net, computed in the step by the frozen
-  U²-Net, or absent (no masking) — DESIGN §4's three mask sources. The U²-Net is not a submodule:
+  U²-Net, or absent (no masking) — docs/design.md §4's three mask sources. The U²-Net is not a submodule:
   it is frozen, so its weights are not parameters of this model (``methods/dalnet.py``).
 * Pooling: one shared GeM with a learnable p (init 3) for the shared-backbone features; the MIA
   outputs are LayerNorm-ed (signed) maps, which GeM's clamp at eps would mostly zero, so they are
@@ -114,7 +114,7 @@ class EarlyStream(nn.Module):
 
 
 class DALNet(nn.Module):
-  """Three-stream ResNet-50 + DAG + MIA + GeM/BNNeck heads (DESIGN §4, DALNet)."""
+  """Three-stream ResNet-50 + DAG + MIA + GeM/BNNeck heads (docs/design.md §4, DALNet)."""
 
   num_classes: int
   width: int = 64
@@ -173,7 +173,7 @@ class DALNet(nn.Module):
     neck = dict(
       num_classes=self.num_classes,
       bn_axis_name=self.bn_axis_name,
-      dtype=jnp.float32,  # heads compute in float32 (DESIGN §4)
+      dtype=jnp.float32,  # heads compute in float32 (docs/design.md §4)
       bn_momentum=self.bn_momentum,
       bn_epsilon=self.bn_epsilon,
       scale_init_std=self.neck_scale_init_std,

@@ -1,6 +1,6 @@
 """The Flexible Feature Aggregation Module (FFAM) of CMDSL on NHWC maps.
 
-Implements CMDSL seed §3.1, Eqs. 1–5 (DESIGN.md §4 "FFAM"). For a map f (per sample, C×H×W):
+Implements CMDSL seed §3.1, Eqs. 1–5 (docs/design.md §4 "FFAM"). For a map f (per sample, C×H×W):
 
     f_IN   = (f − E[f]) / sqrt(Var[f] + eps)        (1)  E, Var per sample per channel over H×W
     f⁻     = f − f_IN                                (2)  the style residual IN removed

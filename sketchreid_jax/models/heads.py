@@ -1,6 +1,6 @@
 """Re-id heads: generalised-mean pooling (GeM) and the BNNeck.
 
-Implements DESIGN.md §4 "Baseline" (GeM p = 3, BNNeck) and the learnable-p GeM of "Three streams"
+Implements docs/design.md §4 "Baseline" (GeM p = 3, BNNeck) and the learnable-p GeM of "Three streams"
 (DALNet).
 
 GeM over the H×W positions of an NHWC map (Radenović et al.):
@@ -13,9 +13,9 @@ Interpretations chosen:
 
 * The power is computed in float32 whatever the input dtype: x^3 of bfloat16 activations loses
   most of its mantissa and the 1/p root amplifies it. The output is float32 (heads compute in
-  float32, DESIGN.md §4).
+  float32, docs/design.md §4).
 * Learnable p is a parameter named ``p`` of shape (1,) initialised to ``p``. We do not clamp it
-  during training (DESIGN.md gives no bound); only the initial value is checked to be > 0.
+  during training (the paper gives no bound); only the initial value is checked to be > 0.
 * BNNeck: BatchNorm1d over the feature with a frozen zero bias in the reference; ``use_bias=False``
   is the same function and cannot drift under weight decay. Scale init N(1, 0.01²); classifier a
   bias-free Dense with N(0, 0.001²) init. Returns (bn_feat, logits), logits float32.

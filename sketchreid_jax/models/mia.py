@@ -1,6 +1,6 @@
 """DALNet's Modality Interactive Attention (MIA) = Bilinear Align (BAM) + Auxiliary Cross-Attention.
 
-Implements DALNet (seed 003) / DESIGN.md §4 "BAM" and "ACA". MIA is training-only; it takes the
+Implements DALNet / docs/design.md §4 "BAM" and "ACA". MIA is training-only; it takes the
 shared-backbone maps of the photo X_p, the auxiliary A and the sketch X_s (NHWC, all the same
 shape; row i of each belongs to the same identity). Per sample, with maps reshaped to HW × C:
 
@@ -160,7 +160,7 @@ class ACA(nn.Module):
       return x_hat
     if reference.shape != x.shape:
       raise ValueError(
-        f'ACA: the reference map must have the target\'s shape {tuple(x.shape)}, got '
+        f"ACA: the reference map must have the target's shape {tuple(x.shape)}, got "
         f'{tuple(reference.shape)}.'
       )
     return x_hat, norm(reference.astype(jnp.float32)).astype(x.dtype)

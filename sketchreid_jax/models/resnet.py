@@ -1,6 +1,6 @@
 """torchvision-compatible ResNet-50 v1.5 in Flax linen, NHWC, callable stage by stage.
 
-Implements DESIGN.md §3 (``sketchreid_jax.models.ResNet50``) and §4 "Backbone".
+Implements docs/design.md §3 (``sketchreid_jax.models.ResNet50``) and §4 "Backbone".
 
 Interpretations chosen (each one is what torchvision's ``resnet50`` does):
 

@@ -1,6 +1,6 @@
 """U²-Net and U²-NetP (salient-object / foreground masks) in Flax linen, NHWC.
 
-Implements DESIGN.md §4 U²-Net: the frozen mask network of DALNet's DAG, layer for layer the
+Implements docs/design.md §4 U²-Net: the frozen mask network of DALNet's DAG, layer for layer the
 official PyTorch code (xuebinqin/U-2-Net, ``model/u2net.py``, classes REBNCONV, RSU7/6/5/4,
 RSU4F, U2NET, U2NETP), so converted official weights (``sketchreid_jax.weights.u2net``) give the
 same outputs.

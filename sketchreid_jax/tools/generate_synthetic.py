@@ -49,93 +49,93 @@ examples:
 
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
-    prog="python -m sketchreid_jax.tools.generate_synthetic",
-    description="Render procedurally generated people, shoes and chairs (no downloads) into the "
-    "exact on-disk layouts of Market-Sketch-1K, PKU-Sketch and QMUL-ShoeV2/ChairV2, "
-    "deterministically from a seed.",
+    prog='python -m sketchreid_jax.tools.generate_synthetic',
+    description='Render procedurally generated people, shoes and chairs (no downloads) into the '
+    'exact on-disk layouts of Market-Sketch-1K, PKU-Sketch and QMUL-ShoeV2/ChairV2, '
+    'deterministically from a seed.',
     epilog=_EPILOG,
     formatter_class=argparse.RawDescriptionHelpFormatter,
   )
   parser.add_argument(
-    "--out",
+    '--out',
     type=Path,
-    default=Path("data/synthetic"),
-    help="parent folder; writes <out>/market_sketch, <out>/pku_sketch, <out>/qmul_shoev2 and "
-    "<out>/qmul_chairv2 (default: %(default)s)",
+    default=Path('data/synthetic'),
+    help='parent folder; writes <out>/market_sketch, <out>/pku_sketch, <out>/qmul_shoev2 and '
+    '<out>/qmul_chairv2 (default: %(default)s)',
   )
   parser.add_argument(
-    "--preset",
+    '--preset',
     choices=sorted(synthetic.PRESETS),
-    default="demo",
-    help="dataset sizes (default: %(default)s); see below",
+    default='demo',
+    help='dataset sizes (default: %(default)s); see below',
   )
   parser.add_argument(
-    "--seed",
+    '--seed',
     type=int,
     default=0,
-    help="random seed; same seed => byte-identical files (default: 0)",
+    help='random seed; same seed => byte-identical files (default: 0)',
   )
   parser.add_argument(
-    "--layout",
-    choices=("market", "pku", "qmul", "both", "all"),
-    default="all",
-    help="which dataset(s) to write: both = market and pku, qmul = ShoeV2 and ChairV2, all = "
-    "every one (default: %(default)s)",
+    '--layout',
+    choices=('market', 'pku', 'qmul', 'both', 'all'),
+    default='all',
+    help='which dataset(s) to write: both = market and pku, qmul = ShoeV2 and ChairV2, all = '
+    'every one (default: %(default)s)',
   )
-  sizes = parser.add_argument_group("overrides of the preset")
-  sizes.add_argument("--num_train_ids", type=int, help="Market training identities")
-  sizes.add_argument("--num_test_ids", type=int, help="Market test identities")
-  sizes.add_argument("--num_pku_ids", type=int, help="PKU identities (style counts scale)")
+  sizes = parser.add_argument_group('overrides of the preset')
+  sizes.add_argument('--num_train_ids', type=int, help='Market training identities')
+  sizes.add_argument('--num_test_ids', type=int, help='Market test identities')
+  sizes.add_argument('--num_pku_ids', type=int, help='PKU identities (style counts scale)')
   sizes.add_argument(
-    "--photos_per_camera",
+    '--photos_per_camera',
     type=int,
-    help="max photos per camera of a Market training identity (default 3)",
+    help='max photos per camera of a Market training identity (default 3)',
   )
   sizes.add_argument(
-    "--styles", type=str, help="Market artist styles to draw, e.g. ABCDEF (default) or ABC"
+    '--styles', type=str, help='Market artist styles to draw, e.g. ABCDEF (default) or ABC'
   )
   sizes.add_argument(
-    "--draw_prob", type=float, help="probability that an artist sketches an identity (default 0.8)"
+    '--draw_prob', type=float, help='probability that an artist sketches an identity (default 0.8)'
   )
   sizes.add_argument(
-    "--sketch_size",
+    '--sketch_size',
     type=int,
     nargs=2,
-    metavar=("H", "W"),
-    help="Market and PKU sketch height and width in pixels (default 256 128; the QMUL image "
+    metavar=('H', 'W'),
+    help='Market and PKU sketch height and width in pixels (default 256 128; the QMUL image '
     "size is the preset's)",
   )
   parser.add_argument(
-    "--overwrite",
-    action="store_true",
-    help="allow writing into a non-empty folder that is not a previous "
-    "synthetic output (its files are kept)",
+    '--overwrite',
+    action='store_true',
+    help='allow writing into a non-empty folder that is not a previous '
+    'synthetic output (its files are kept)',
   )
-  parser.add_argument("--quiet", action="store_true", help="no progress bar")
+  parser.add_argument('--quiet', action='store_true', help='no progress bar')
   return parser
 
 
 def _kwargs(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
   preset = synthetic.PRESETS[args.preset]
-  market, pku = dict(preset["market"]), dict(preset["pku"])
-  for flag in ("num_train_ids", "num_test_ids", "photos_per_camera", "draw_prob"):
+  market, pku = dict(preset['market']), dict(preset['pku'])
+  for flag in ('num_train_ids', 'num_test_ids', 'photos_per_camera', 'draw_prob'):
     if getattr(args, flag) is not None:
       market[flag] = getattr(args, flag)
   if args.styles is not None:
-    market["styles"] = tuple(args.styles.upper())
+    market['styles'] = tuple(args.styles.upper())
   if args.sketch_size is not None:
-    market["sketch_size"] = pku["sketch_size"] = tuple(args.sketch_size)
+    market['sketch_size'] = pku['sketch_size'] = tuple(args.sketch_size)
   if args.num_pku_ids is not None:
-    pku["num_ids"] = args.num_pku_ids
+    pku['num_ids'] = args.num_pku_ids
   return market, pku
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
-  state = "generated" if summary["generated"] else "already present, nothing to do"
-  print(f"{summary['layout']}: {summary['root']} ({state}, {summary['seconds']:.1f} s)")
-  width = max(len(k) for k in summary["counts"])
-  for key, value in summary["counts"].items():
-    print(f"  {key:<{width}}  {value:>6}")
+  state = 'generated' if summary['generated'] else 'already present, nothing to do'
+  print(f'{summary["layout"]}: {summary["root"]} ({state}, {summary["seconds"]:.1f} s)')
+  width = max(len(k) for k in summary['counts'])
+  for key, value in summary['counts'].items():
+    print(f'  {key:<{width}}  {value:>6}')
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -143,26 +143,26 @@ def main(argv: Sequence[str] | None = None) -> int:
   market, pku = _kwargs(args)
   preset = synthetic.PRESETS[args.preset]
   start = time.perf_counter()
-  common = {"seed": args.seed, "overwrite": args.overwrite, "progress": not args.quiet}
+  common = {'seed': args.seed, 'overwrite': args.overwrite, 'progress': not args.quiet}
   try:
-    if args.layout in ("market", "both", "all"):
+    if args.layout in ('market', 'both', 'all'):
       _print_summary(
-        synthetic.generate_market_sketch(args.out / "market_sketch", **market, **common)
+        synthetic.generate_market_sketch(args.out / 'market_sketch', **market, **common)
       )
-    if args.layout in ("pku", "both", "all"):
-      _print_summary(synthetic.generate_pku_sketch(args.out / "pku_sketch", **pku, **common))
-    if args.layout in ("qmul", "all"):
+    if args.layout in ('pku', 'both', 'all'):
+      _print_summary(synthetic.generate_pku_sketch(args.out / 'pku_sketch', **pku, **common))
+    if args.layout in ('qmul', 'all'):
       for name, generate in (
-        ("qmul_shoev2", synthetic_objects.generate_qmul_shoev2),
-        ("qmul_chairv2", synthetic_objects.generate_qmul_chairv2),
+        ('qmul_shoev2', synthetic_objects.generate_qmul_shoev2),
+        ('qmul_chairv2', synthetic_objects.generate_qmul_chairv2),
       ):
         _print_summary(generate(args.out / name, **preset[name], **common))
   except (FileExistsError, NotADirectoryError, ValueError) as err:
-    print(f"error: {err}", file=sys.stderr)
+    print(f'error: {err}', file=sys.stderr)
     return 2
-  print(f"total {time.perf_counter() - start:.1f} s")
+  print(f'total {time.perf_counter() - start:.1f} s')
   return 0
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
   sys.exit(main())

@@ -4,7 +4,7 @@
         --model=u2netp --weights=pretrained/u2netp.msgpack
 
 DALNet's DAG multiplies each training photo by its U²-Net foreground mask. The U²-Net is frozen,
-so computing the masks once is exactly equivalent to computing them in every step (DESIGN §4,
+so computing the masks once is exactly equivalent to computing them in every step (docs/design.md §4,
 mask source 'precomputed'); the input pipeline then crops and flips each mask with its photo.
 Layout and reader: ``sketchreid_jax.datasets.masks``.
 """

@@ -49,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     type=int,
     default=0,
     help='frame photos green/red by whether their name shares this many leading characters '
-    'with the query\'s (0 = no correctness shown)',
+    "with the query's (0 = no correctness shown)",
   )
   p.add_argument('--jax_cache', default=runtime.DEFAULT_JAX_CACHE, help=runtime.JAX_CACHE_HELP)
   return p

@@ -1,4 +1,4 @@
-"""Plots and analyses for notebooks (DESIGN §1 ``viz/``): Grad-CAM, t-SNE, CMC comparisons, DAG
+"""Plots and analyses for notebooks (docs/design.md §1 ``viz/``): Grad-CAM, t-SNE, CMC comparisons, DAG
 previews and ranked lists. Every figure is a matplotlib ``Figure`` on the Agg canvas (no
 ``pyplot``), so importing this package never changes a notebook's backend.
 

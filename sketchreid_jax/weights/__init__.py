@@ -1,4 +1,4 @@
-"""Converters from the reference checkpoints (DESIGN.md §1, §3): torchvision ResNet-50 and the
+"""Converters from the reference checkpoints (docs/design.md §1, §3): torchvision ResNet-50 and the
 official U²-Net(P), plus reading/writing state dicts and Flax variables (``io``) and copying a
 converted ResNet-50 into every stream of a re-id model (``pretrained``)."""
 

@@ -1,6 +1,6 @@
 """Reading reference checkpoints and storing converted Flax variables.
 
-Implements the file side of DESIGN.md §4 U²-Net's "official weight files" (and of §3's
+Implements the file side of docs/design.md §4 U²-Net's "official weight files" (and of §3's
 torchvision converter): ``read_state_dict`` turns a checkpoint into ``{key: np.ndarray}`` for the
 converters in this package; ``save_variables``/``load_variables`` store their output with
 ``flax.serialization`` msgpack.

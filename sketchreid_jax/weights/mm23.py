@@ -158,7 +158,7 @@ def mm23_config(*, width: int = 64, blocks: tuple[int, ...] = (3, 4, 6, 3)):
   """``base_config('cmdsl')`` set to the released B(M) model (``MM23_CONFIG``) at this width and
   depth."""
   config = base_config(MM23_CONFIG['method'])
-  set_keys(config, MM23_CONFIG, where="weights.mm23.MM23_CONFIG")
+  set_keys(config, MM23_CONFIG, where='weights.mm23.MM23_CONFIG')
   return set_keys(config, {'model.width': width, 'model.blocks': tuple(blocks)})
 
 
@@ -217,7 +217,7 @@ def infer_architecture(state_dict: Mapping[str, Any]) -> tuple[int, tuple[int, .
   for key in (WIDTH_KEY, CLASSIFIER_KEY):
     if key not in state_dict:
       raise ValueError(
-        f'the state dict has no {key!r}, so it is not the MM\'23 release\'s model.'
+        f"the state dict has no {key!r}, so it is not the MM'23 release's model."
         + _not_release_hint(state_dict)
       )
   conv1, classifier = np.shape(state_dict[WIDTH_KEY]), np.shape(state_dict[CLASSIFIER_KEY])
@@ -251,7 +251,7 @@ def _problem_message(problems: list[str], width, blocks, num_classes) -> str:
     listed += f'\n  … and {len(problems) - _MAX_LISTED} more'
   return (
     f"the state dict does not match the MM'23 release's model (width {width}, blocks "
-    f"{'-'.join(map(str, blocks))}, {num_classes} identities) ({len(problems)} problem(s)):"
+    f'{"-".join(map(str, blocks))}, {num_classes} identities) ({len(problems)} problem(s)):'
     f'\n  {listed}'
   )
 
@@ -293,7 +293,7 @@ def mm23_from_state_dict(state_dict: Mapping[str, Any]) -> tuple[dict[str, Any],
   bias = np.asarray(neck_bias, np.float64)
   if np.any(bias != 0):
     raise ValueError(
-      f"{NECK_BIAS_KEY!r} is not zero (max |bias| {np.abs(bias).max():.3g}): the release freezes "
+      f'{NECK_BIAS_KEY!r} is not zero (max |bias| {np.abs(bias).max():.3g}): the release freezes '
       'the BNNeck bias at 0 and our BNNeck has none, so this checkpoint cannot be converted '
       'exactly; it was trained with a learnable neck bias by modified code.'
     )

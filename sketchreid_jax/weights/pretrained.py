@@ -1,6 +1,6 @@
 """Initialising the re-id models from a converted ImageNet ResNet-50 (``config.model.init_checkpoint``).
 
-Implements the "every stream starts from ImageNet" part of DESIGN.md §4 "Backbone", "Baseline" and
+Implements the "every stream starts from ImageNet" part of docs/design.md §4 "Backbone", "Baseline" and
 "Three streams": the torchvision ResNet-50, converted once by ``tools.convert_weights
 --model=resnet50`` (``weights.resnet.torchvision_resnet50``), is copied into every stream of a
 Baseline, CMDSL or DALNet variable tree.
@@ -134,7 +134,7 @@ def _check_checkpoint(resnet: Mapping[str, Any], model: Any) -> None:
   if kernel is None or np.ndim(kernel) != 4:
     top = sorted(resnet.get('params', {})) if isinstance(resnet, Mapping) else []
     raise ValueError(
-      f"the checkpoint is not a converted ResNet-50 (no params/conv1/kernel; top level "
+      f'the checkpoint is not a converted ResNet-50 (no params/conv1/kernel; top level '
       f"params: {top[:8]}); convert torchvision's resnet50 weights with "
       f'`python -m sketchreid_jax.tools.convert_weights --model=resnet50`.'
     )
@@ -161,10 +161,10 @@ def _problems(variables, resnet, init_map) -> list[str]:
       if t is None and s is None:
         continue
       if t is None:
-        problems.append(f'the model has no {collection}/{t_name} for the checkpoint\'s {s_name}')
+        problems.append(f"the model has no {collection}/{t_name} for the checkpoint's {s_name}")
         continue
       if s is None:
-        problems.append(f'the checkpoint has no {collection}/{s_name} for the model\'s {t_name}')
+        problems.append(f"the checkpoint has no {collection}/{s_name} for the model's {t_name}")
         continue
       t_flat, s_flat = _flat(t), _flat(s)
       for key in t_flat.keys() - s_flat.keys():

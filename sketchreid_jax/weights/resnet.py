@@ -1,6 +1,6 @@
 """torchvision ResNet-50 state dicts → Flax variables for ``models.ResNet50``.
 
-Implements DESIGN.md §3 ``sketchreid_jax.weights.torchvision_resnet50(state_dict)`` and the weight
+Implements docs/design.md §3 ``sketchreid_jax.weights.torchvision_resnet50(state_dict)`` and the weight
 half of §4 "Backbone": the ImageNet weights of torchvision's ``resnet50`` (``resnet50-0676ba61.pth``,
 IMAGENET1K_V1, or ``resnet50-11ad3fa6.pth``, IMAGENET1K_V2; ``resnet50-19c8e357.pth`` is the older
 name of V1). Nothing is downloaded here: the user supplies the file, read with

@@ -1,6 +1,6 @@
 """Official U²-Net / U²-NetP PyTorch state dicts → Flax variables for ``models.u2net``.
 
-Implements the U²-Net half of DESIGN.md §4 U²-Net's "official weight files" (u2net.pth, 176 MB;
+Implements the U²-Net half of docs/design.md §4 U²-Net's "official weight files" (u2net.pth, 176 MB;
 u2netp.pth, 4.7 MB, from the official xuebinqin/U-2-Net repository; nothing is downloaded here,
 the user supplies the file, read with ``weights.io.read_state_dict``).
 
