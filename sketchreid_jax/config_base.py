@@ -116,10 +116,8 @@ def common_config() -> ml_collections.ConfigDict:
   c.train.log_every_steps = 10
   c.train.checkpoint_every_steps = 0  # 0 = at the end of every epoch only
   c.train.progress_bar = True
-  # A step whose loss terms or gradients are not finite is never applied (params, optimiser state and
-  # BatchNorm statistics stay as they were). 'stop': training then stops with an error naming the
-  # step and the terms, and no later checkpoint is written; 'skip': it goes on and logs the skipped
-  # steps (the metric 'skipped' counts them).
+  # A step with non-finite losses or gradients is never applied; 'stop' ends training there,
+  # 'skip' goes on (train.py states the policy).
   c.train.on_nonfinite = 'stop'
 
   c.eval = ml_collections.ConfigDict()
