@@ -133,8 +133,7 @@ def test_dalnet_refuses_fused_training_in_one_line():
   from sketchreid_jax.config_base import ConfigError, base_config
   from sketchreid_jax.validate import validate
 
-  config = base_config()
-  config.method = 'dalnet'
+  config = base_config('dalnet')
   config.model.sketch_fusion = True
   with pytest.raises(ConfigError, match='sketch_fusion'):
     validate(config, None, training=False)

@@ -77,7 +77,7 @@ def test_image_size_must_be_a_multiple_of_the_backbone_stride(tmp_path):
   for size in ((64,), (64, 32, 3), (64, 0), (64.0, 32)):
     _refused(_config(data__image_size=size), str(tmp_path), 'two positive ints', **ok)
   _refused(_config(model__last_stride=3), str(tmp_path), 'last_stride', **ok)
-  config = _config(data__mask_source='u2net', model__u2net_size=(320,))
+  config = _config('dalnet.py:pku', data__mask_source='u2net', model__u2net_size=(320,))
   _refused(config, str(tmp_path), 'model.u2net_size', **ok)
 
 
@@ -181,3 +181,17 @@ def test_train_and_evaluate_validates_before_reading_any_data(tmp_path):
   with pytest.raises(ConfigError, match='total stride is 16'):
     train.train_and_evaluate(config, str(tmp_path / 'run'))
   assert not (tmp_path / 'run').exists()  # refused before the workdir was even made
+
+
+def test_a_config_built_for_another_method_is_refused_in_one_line():
+  config = load_config(os.path.join(REPO, 'configs/baseline.py'))
+  config.method = 'dalnet'  # the baseline's config lacks DALNet's keys
+  with pytest.raises(ConfigError, match=r"config.method='dalnet' but the config lacks its keys"):
+    validate.validate(config, None, training=False)
+
+
+def test_an_unknown_method_lists_the_packaged_ones():
+  config = load_config(os.path.join(REPO, 'configs/baseline.py'))
+  config.method = 'no_such_method'
+  with pytest.raises(ConfigError, match='known methods: baseline, cmdsl, dalnet'):
+    validate.validate(config, None, training=False)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import threadpoolctl
 
-from sketchreid_jax import viz
+from sketchreid_jax import methods, viz
 from sketchreid_jax.config_base import load_config
 from sketchreid_jax.evaluation import report
 from sketchreid_jax.methods import get_method
@@ -50,17 +50,24 @@ class LinearToy(nn.Module):
 
 
 @pytest.fixture
-def toy():
+def toy(monkeypatch):
   split = viz.StageSplit(
     stages=lambda model: ('stem',),
     default=lambda model: 'stem',
     front=lambda model, v, x, modality, stage: model.apply(v, x, method=LinearToy.stem),
     back=lambda model, v, f, stage, modality: model.apply(v, f, method=LinearToy.head),
   )
-  viz.register_stages(LinearToy, split)
+  # A method whose model is the toy: Grad-CAM finds the split through it.
+  method = methods.Method(
+    name='linear_toy',
+    model_for=lambda config, n, axis: LinearToy(),
+    losses_for=lambda outputs, batch, config: {},
+    model_types=(LinearToy,),
+    stage_split=split,
+  )
+  monkeypatch.setitem(methods.METHODS, 'linear_toy', method)
   kernel, proj = randn((1, 1, 3, 4), 1), randn((4, 5), 2)
   yield LinearToy(), {'params': {'conv': {'kernel': kernel}, 'proj': {'kernel': proj}}}
-  del viz.STAGE_SPLITS[LinearToy]
 
 
 def _hand_cam(images, kernel, proj, grad_feat):
@@ -159,7 +166,7 @@ def test_stage_names_defaults_and_unknown_stage_error():
   assert viz.default_stage(cmdsl_none) == 'layer4'
   with pytest.raises(ValueError, match=r"'layer5' is not a stage of Baseline; valid stages: "):
     viz.gradcam(baseline, None, np.zeros((1, *SIZE, 3)), modality=SKETCH, stage='layer5')
-  with pytest.raises(TypeError, match='register_stages'):
+  with pytest.raises(TypeError, match='Method.model_types'):
     viz.gradcam(DAG(), None, np.zeros((1, *SIZE, 3)), modality=SKETCH)
 
 
@@ -174,7 +181,7 @@ def test_stage_names_defaults_and_unknown_stage_error():
 )
 def test_stage_splits_reproduce_the_models_own_embedding(name, modality, stages, request):
   model, variables = request.getfixturevalue(name)
-  split = viz.STAGE_SPLITS[type(model)]
+  split = methods.method_of_model(model).stage_split
   images = jnp.asarray(randn((2, *SIZE, 3), 8))
   expected = viz.embed(model, variables, images, modality=modality)  # model.extract
 
