@@ -22,6 +22,10 @@ import dataclasses
 import warnings
 from typing import Iterator, Sequence
 
+from sketchreid_jax.tf_setup import tf  # noqa: E402  (hides GPUs from TF first)
+
+# isort: split
+
 import numpy as np  # noqa: E402
 
 from sketchreid_jax.augment import (  # noqa: E402,F401  (re-exported)
@@ -51,7 +55,6 @@ from sketchreid_jax.sampler import (  # noqa: E402,F401  (re-exported)
   pk_plan,
   steps_per_epoch,
 )
-from sketchreid_jax.tf_setup import tf  # noqa: E402  (hides GPUs from TF first)
 
 TEST_SPLIT = 'query'
 

@@ -23,8 +23,8 @@ Studies (the registry ``STUDIES``):
   multi-query row or column needs at least two artists and a cell needs disjoint artists, which
   gives exactly the paper's filled cells.
 * ``attribute_noise`` — CMDSL Table 7: the config trained with 0/3/6/9 of the 27 attributes
-  corrupted per identity (``data.attribute_noise``); run it once with the baseline's config and
-  once with CMDSL's.
+  corrupted per identity (``data.attribute_noise``, a CMDSL key); run it once with the MM'23
+  baseline's config (``configs/cmdsl.py:baseline_attr_noise0``) and once with CMDSL's.
 
 Seeds (``run_seeds``, ``tools.reproduce --seeds=0,1,2``): any study, once per seed with
 ``config.seed`` set to it, in ``<workdir>/seed<k>/`` (each a complete study with its own tables, so
@@ -49,7 +49,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from sketchreid_jax.config_base import set_keys
+from sketchreid_jax.config_base import ConfigError, set_keys
 from sketchreid_jax.evaluation import RankResult, SBIRResult
 
 log = logging.getLogger(__name__)
@@ -220,12 +220,16 @@ def style_grid(config, workdir: str, options: Mapping[str, Any]) -> dict:
   results: dict[tuple[str, str], dict] = {}
   for (r, mode), specs in runs.items():
     tag = 'mq' if mode == 'multi_query' else 'sq'
+    # The release's Non-local fusion block belongs to the two-stream methods (their config has it).
+    fusion_block = (
+      {'model.fusion_nonlocal': mode == 'multi_query'} if 'fusion_nonlocal' in config.model else {}
+    )
     run_config = with_values(
       config,
       {
+        **fusion_block,
         'data.train_styles': r,
         'model.sketch_fusion': mode == 'multi_query',
-        'model.fusion_nonlocal': mode == 'multi_query',
         'eval.multi_query_aggregate': 'stem',
         'eval.protocols': tuple(specs),
         'eval.best_protocol': '',
@@ -261,6 +265,12 @@ def style_grid(config, workdir: str, options: Mapping[str, Any]) -> dict:
 
 def attribute_noise(config, workdir: str, options: Mapping[str, Any]) -> dict:
   levels = [int(x) for x in str(options.get('noise_levels', '0,3,6,9')).split(',') if x.strip()]
+  if 'attribute_noise' not in config.data:
+    raise ConfigError(
+      f"the attribute_noise study corrupts CMDSL's attributes, but config.method="
+      f"{config.method!r} has none: use configs/cmdsl.py:baseline_attr_noise0 (the MM'23 baseline) "
+      'or configs/cmdsl.py:attr_noise3 (CMDSL).'
+    )
   protocol = config.eval.protocols[0]
   records = []
   for n in levels:

@@ -385,8 +385,9 @@ def _train_epoch(run: _Run, epoch: int) -> None:
     disable=None if c.train.progress_bar else True,
     leave=False,
   )
-  tick = _StepLog(run, epoch)
-  for device_batch in _device_batches(run, epoch, first):
+  batches = _device_batches(run, epoch, first)
+  tick = _StepLog(run, epoch)  # after the pipeline is built: images/s counts the steps only
+  for device_batch in batches:
     run.state, metrics = run.launcher.step(run.state, device_batch)
     run.step += 1
     run.unchecked.append((run.step, metrics))

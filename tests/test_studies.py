@@ -230,7 +230,7 @@ def fake(tmp_path, monkeypatch):
 
 
 def _seed_config():
-  config = base_config()
+  config = base_config('cmdsl')  # the attribute_noise study needs CMDSL's keys
   config.seed = 123  # the base seed: every run must get its own instead
   config.data.pku_trials = 2
   config.data.test_styles = 'AB'

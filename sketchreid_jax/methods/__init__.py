@@ -160,7 +160,7 @@ def get_method(name: str) -> Method:
   try:
     module = importlib.import_module(module_name)
   except ModuleNotFoundError as e:
-    if e.name and module_name.startswith(e.name):
+    if e.name and (module_name == e.name or module_name.startswith(e.name + '.')):
       raise ValueError(
         f'config.method {name!r}: no module {module_name!r} on the Python path ({e}).'
       ) from None
