@@ -30,6 +30,8 @@ def test_every_design_citation_names_a_section_and_label_that_exist():
   assert set(sections) == {'1', '2', '3', '4', '5', '6'}
   checked = 0
   for path in _tracked('*.py', '*.md', '*.ipynb', 'Makefile'):
+    if os.path.samefile(path, __file__):
+      continue  # this file spells the names it looks for
     text = open(path).read()
     # The brief the project was started from is not in the repository; nothing may cite it.
     assert not re.search(r'\bDESIGN\b', text), f'{path} cites DESIGN'
