@@ -58,7 +58,7 @@ def validate(
   only concern the train step (sampler split, CMAlign, ``train.*``). ``workdir=None`` skips the
   workdir check.
   """
-  _check_method(config)
+  method = _check_method(config)
   _check_image_size(config)
   _check_weights(config)
   if training:
@@ -69,7 +69,6 @@ def validate(
       num_devices = jax.device_count() if num_devices is None else num_devices
     _check_sampler(config, num_devices, num_processes)
     _check_train(config)
-  method = _method(config)
   if method.check is not None:
     method.check(config, num_devices if training else None)
   if workdir is not None:
@@ -138,7 +137,7 @@ def _flat_keys(config, prefix: str = '') -> list[str]:
   return out
 
 
-def _check_method(config) -> None:
+def _check_method(config):
   method = _method(config)
   if config.model.sketch_fusion and not method.sketch_fusion:
     raise ConfigError(
@@ -163,6 +162,7 @@ def _check_method(config) -> None:
     value = config.eval[key]
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
       raise ConfigError(f'config.eval.{key} = {value!r}: must be an int >= 0.')
+  return method
 
 
 def _positive_int(value) -> bool:
