@@ -1,4 +1,5 @@
-"""tools.export: the SavedModel's embeddings equal the Flax model's, for any batch and image size."""
+"""tools.export: the SavedModel's and the ONNX files' embeddings equal the Flax model's, for any
+batch size (and, for the SavedModel, any image size)."""
 
 import json
 import os
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 from sketchreid_jax import inference, input_pipeline
+from sketchreid_jax.export import to_saved_model
 from sketchreid_jax.tf_setup import tf
 from sketchreid_jax.tools import export
 from tests.test_retrieve import tiny_trained_workdir
@@ -37,40 +39,100 @@ def flax_embeddings(trained, images: Sequence[np.ndarray], modality: int):
   return normalise((both[: len(x)] + both[len(x) :]) / 2), normalise(both[: len(x)])
 
 
+def brighter_right_half(rng, shape) -> np.ndarray:
+  """uint8 images whose right half is brighter, so that the mirror image embeds differently."""
+  images = rng.integers(0, 128, shape)
+  images[:, :, shape[2] // 2 :] += 120
+  return images.astype(np.uint8)
+
+
+def check_embeddings(embed, trained, batches, dim):
+  """``embed(name, batch)`` equals the Flax reference for both streams; the flip is not vacuous
+  and the streams are not swapped."""
+  for name, modality, shown in (
+    ('photo', inference.PHOTO, batches),
+    ('sketch', inference.SKETCH, batches[:1]),
+  ):
+    got = np.concatenate([embed(name, b) for b in shown])
+    assert got.shape == (sum(len(b) for b in shown), dim)
+    flipped, plain = flax_embeddings(trained, shown, modality)
+    np.testing.assert_allclose(got, flipped, atol=1e-4)
+    # Not vacuous: without the mirror averaging the embeddings would be measurably different.
+    assert np.abs(got - plain).max() > 1e-3
+  # The two streams really differ (swapped signatures would have failed above).
+  assert np.abs(embed('photo', batches[0]) - got).max() > 1e-3
+
+
 def test_saved_model_embeddings_equal_the_flax_model(workdir, tmp_path, capsys):
   out = str(tmp_path / 'saved')
+  if to_saved_model.unreadable_reason():
+    pytest.skip(
+      f'TensorFlow {tf.__version__} cannot read jax {jax.__version__} StableHLO '
+      '(test_saved_model_refused_where_tensorflow_cannot_read_it covers this stack)'
+    )
   meta = export.main([f'--checkpoint={workdir}', f'--out={out}'])
   assert 'wrote' in capsys.readouterr().out
   trained = inference.load_trained(workdir)
   assert trained.config.eval.flip  # the shared workdir averages mirror images (test_retrieve.py)
   assert meta['step'] == trained.step and meta['platforms'] == ['cpu', 'cuda', 'tpu']
+  assert meta['format'] == 'savedmodel'
   assert meta['flip'] and meta['image_size'] == list(trained.config.data.image_size)
   assert json.load(open(os.path.join(out, 'assets.extra', 'sketchreid.json'))) == meta
 
   loaded = tf.saved_model.load(out)
   assert set(loaded.signatures) == {'photo', 'sketch'}
   rng = np.random.default_rng(0)
-  # Images whose right half is brighter, so that the mirror image embeds differently; not the
-  # training's 64×32 (the signature resizes); batches of 3 and 1 (the batch is symbolic).
-  batches = [rng.integers(0, 128, (3, 80, 40, 3)), rng.integers(0, 128, (1, 50, 30, 3))]
-  for b in batches:
-    b[:, :, b.shape[2] // 2 :] += 120
-  batches = [b.astype(np.uint8) for b in batches]
-  for name, modality, shown in (
-    ('photo', inference.PHOTO, batches),
-    ('sketch', inference.SKETCH, batches[:1]),
-  ):
-    got = np.concatenate(
-      [loaded.signatures[name](images=tf.constant(b))['embedding'].numpy() for b in shown]
-    )
-    assert got.shape == (sum(len(b) for b in shown), meta['embedding_dim'])
-    flipped, plain = flax_embeddings(trained, shown, modality)
-    np.testing.assert_allclose(got, flipped, atol=1e-4)
-    # Not vacuous: without the mirror averaging the embeddings would be measurably different.
-    assert np.abs(got - plain).max() > 1e-3
-  # The two streams really differ (swapped signatures would have failed above).
-  photo = loaded.signatures['photo'](images=tf.constant(batches[0]))['embedding'].numpy()
-  assert np.abs(photo - got).max() > 1e-3
+  # Not the training's 64×32 (the signature resizes); batches of 3 and 1 (the batch is symbolic).
+  batches = [brighter_right_half(rng, (3, 80, 40, 3)), brighter_right_half(rng, (1, 50, 30, 3))]
+  embed = lambda name, b: loaded.signatures[name](images=tf.constant(b))['embedding'].numpy()
+  check_embeddings(embed, trained, batches, meta['embedding_dim'])
 
   with pytest.raises(SystemExit, match='exists and is not empty'):
     export.main([f'--checkpoint={workdir}', f'--out={out}'])
+
+
+def test_saved_model_refused_where_tensorflow_cannot_read_it(workdir, tmp_path):
+  """Where this TF cannot read this jax's StableHLO, export stops in one line before writing, and
+  the probe is right: a SavedModel written anyway fails when it runs."""
+  reason = to_saved_model.unreadable_reason()
+  if not reason:
+    pytest.skip(f'TensorFlow {tf.__version__} reads jax {jax.__version__} StableHLO (tested above)')
+  out = tmp_path / 'saved'
+  with pytest.raises(SystemExit, match=r'cannot read the StableHLO.*use --format=onnx') as err:
+    export.main([f'--checkpoint={workdir}', f'--out={out}'])
+  assert '\n' not in str(err.value) and not out.exists()
+
+  to_saved_model.export(inference.load_trained(workdir), str(out), platforms=['cpu'])
+  loaded = tf.saved_model.load(str(out))
+  with pytest.raises(tf.errors.InvalidArgumentError, match='deserialize'):
+    loaded.signatures['photo'](images=tf.zeros((1, 64, 32, 3), tf.uint8))
+
+
+def test_onnx_embeddings_equal_the_flax_model(workdir, tmp_path, capsys):
+  import onnx
+  import onnxruntime as ort
+
+  out = tmp_path / 'onnx'
+  meta = export.main([f'--checkpoint={workdir}', f'--out={out}', '--format=onnx'])
+  assert 'photo.onnx and sketch.onnx' in capsys.readouterr().out
+  trained = inference.load_trained(workdir)
+  h, w = trained.config.data.image_size
+  assert meta['format'] == 'onnx' and meta['step'] == trained.step and meta['flip']
+  assert json.load(open(out / 'sketchreid.json')) == meta
+  sessions = {}
+  for name in ('photo', 'sketch'):
+    model = onnx.load(str(out / f'{name}.onnx'))
+    assert json.loads({p.key: p.value for p in model.metadata_props}['sketchreid']) == meta
+    assert model.opset_import[0].version == meta['opset']
+    sessions[name] = ort.InferenceSession(
+      str(out / f'{name}.onnx'), providers=['CPUExecutionProvider']
+    )
+    (images,) = sessions[name].get_inputs()
+    # The batch is a named, dynamic dimension; the image size is the training's.
+    assert images.name == 'images' and images.type == 'tensor(uint8)'
+    assert isinstance(images.shape[0], str) and images.shape[1:] == [h, w, 3]
+
+  rng = np.random.default_rng(1)
+  batches = [brighter_right_half(rng, (3, h, w, 3)), brighter_right_half(rng, (1, h, w, 3))]
+  embed = lambda name, b: sessions[name].run(['embedding'], {'images': b})[0]
+  check_embeddings(embed, trained, batches, meta['embedding_dim'])

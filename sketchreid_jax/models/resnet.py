@@ -285,8 +285,19 @@ class ResNetStem(nn.Module):
       axis_name=self.bn_axis_name,
     )(x, mask=None if mask is None else jnp.broadcast_to(mask[:, None, None, None], x.shape))
     x = nn.relu(x)
-    # PyTorch pads MaxPool2d with -inf, so padding never wins the max (flax.max_pool does too).
-    return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    return max_pool_3x3_s2(x)
+
+
+def max_pool_3x3_s2(x: Array) -> Array:
+  """torchvision's stem pooling, MaxPool2d(3, stride=2, padding=1), on NHWC.
+
+  PyTorch pads with -inf, so padding never wins the max. The padding is a separate -inf pad
+  before a 'VALID' pool (the same maximum over the same elements) because the ONNX exporter
+  (jax2onnx) maps ``nn.max_pool`` to ONNX MaxPool only for 'SAME' or 'VALID' padding, and its
+  lowering of a padded ``lax.reduce_window`` is a 4-D pool that onnxruntime cannot run.
+  """
+  x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
+  return nn.max_pool(x, window_shape=(3, 3), strides=(2, 2), padding='VALID')
 
 
 class ResNet50(nn.Module):
