@@ -394,12 +394,38 @@ def test_predict_masks_is_official_preprocessing_and_normpred():
   np.testing.assert_allclose(resized.min(axis=(1, 2, 3)), 0.0, atol=1e-6)
   np.testing.assert_allclose(resized.max(axis=(1, 2, 3)), 1.0, atol=1e-6)
   assert np.abs(resized - masks).max() > 1e-3  # the 20×12 detour really happened
-  # A black image (max 0) and hence a constant map are guarded by eps: zeros, not NaN.
-  black = np.asarray(predict(variables, to_unit(np.zeros((3, 45, 27, 3))), size=(45, 27)))
-  assert np.all(black == 0)
   # Frozen: no gradient reaches the images.
   grad = jax.jit(jax.grad(lambda im: predict_masks(stub, variables, im, size=(45, 27)).sum()))
   assert np.all(np.asarray(grad(images)) == 0)
+
+
+class RampStub(nn.Module):
+  """A network whose map is not constant on a constant input, as U²-Net's is (zero padding makes
+  borders differ): sigmoid(channel mean + a ramp across the columns)."""
+
+  @nn.compact
+  def __call__(self, x, *, train=False):
+    ramp = jnp.linspace(0.0, 1e-3, x.shape[2])[None, None, :, None]
+    return {'mask': jax.nn.sigmoid(jnp.mean(x, axis=-1, keepdims=True) + ramp), 'sides': ()}
+
+
+def test_predict_masks_of_a_constant_image_is_zero():
+  """No pixel of a constant image stands out: its mask is all zeros (not NaN, and not the
+  network's border effects stretched to [0, 1]), on every jax version; one pixel two grey levels
+  brighter is an image again."""
+  stub = RampStub()
+  variables = stub.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+  predict = jax.jit(functools.partial(predict_masks, stub), static_argnames='size')
+  colours = np.array([[0, 0, 0], [0.5, 0.5, 0.5], [0.2, 0.6, 0.9], [1, 1, 1]])
+  constant = np.broadcast_to(colours[:, None, None, :], (4, 45, 27, 3)).copy()
+  for size in ((45, 27), (20, 12)):
+    masks = np.asarray(predict(variables, to_unit(constant), size=size))
+    assert masks.shape == (4, 45, 27, 1) and np.all(masks == 0)
+  dotted = constant.copy()
+  dotted[:, 20, 13] += np.where(colours < 0.5, 2 / 255, -2 / 255)
+  masks = np.asarray(predict(variables, to_unit(dotted), size=(45, 27)))
+  np.testing.assert_allclose(masks.min(axis=(1, 2, 3)), 0.0, atol=1e-6)
+  np.testing.assert_allclose(masks.max(axis=(1, 2, 3)), 1.0, atol=1e-6)
 
 
 def test_predict_masks_resizes_to_320_and_back():

@@ -43,6 +43,8 @@ Array = jax.Array
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+# predict_masks: an image whose every channel spans less than half a grey level is constant.
+FLAT_IMAGE_RANGE = 0.5 / 255
 # The official inference resolution (u2net_test.py: RescaleT(320)).
 DEFAULT_SIZE: tuple[int, int] = (320, 320)
 
@@ -311,6 +313,13 @@ def predict_masks(
   to the input H×W; min–max normalise each map (``normPRED``; a constant map becomes 0 thanks to
   ``eps``).
 
+  A constant image (every channel's range below half a grey level, ``FLAT_IMAGE_RANGE``) gets
+  the all-zero mask: nothing in it stands out. The official code divides a black image by 0
+  (NaN), and for any other constant image it stretches the network's border effects to [0, 1]
+  twice over (/max, then normPRED), so its output is float rounding made visible: the ImageNet
+  de-normalisation of a black image leaves values of about 1e-7, which ``eps`` hid under one
+  XLA version and /max turned into a full-scale image under the next.
+
   Choices: both resizes are ``jax.image.resize`` bilinear with its default antialiasing, which
   on shrinking averages like skimage's ``resize`` (official preprocessing) and PIL's bilinear
   resize (official saving) do; /max comes before the resize (the official code resizes first,
@@ -329,6 +338,8 @@ def predict_masks(
   mean = jnp.asarray(IMAGENET_MEAN, jnp.float32)
   std = jnp.asarray(IMAGENET_STD, jnp.float32)
   x = jnp.clip(images.astype(jnp.float32) * std + mean, 0.0, 1.0)
+  channel_range = jnp.max(x, axis=(1, 2)) - jnp.min(x, axis=(1, 2))  # (N, 3)
+  flat = jnp.max(channel_range, axis=-1) < FLAT_IMAGE_RANGE
   x = x / jnp.maximum(jnp.max(x, axis=(1, 2, 3), keepdims=True), eps)
   x = (x - mean) / std
   x = jax.image.resize(x, (n, height, width, 3), method='bilinear')
@@ -337,4 +348,5 @@ def predict_masks(
   lo = jnp.min(mask, axis=(1, 2, 3), keepdims=True)
   hi = jnp.max(mask, axis=(1, 2, 3), keepdims=True)
   mask = (mask - lo) / jnp.maximum(hi - lo, eps)
+  mask = jnp.where(flat[:, None, None, None], 0.0, mask)
   return jax.lax.stop_gradient(mask)
