@@ -29,3 +29,20 @@ def configure(jax_cache: str, parallel_config=None) -> None:
   logging.getLogger('absl').addFilter(
     lambda record: record.levelno >= logging.WARNING or 'orbax' not in record.pathname
   )
+  quiet_start()
+
+
+def quiet_start() -> None:
+  """Drops the start-up lines that say nothing about the run (TF's own are filtered in
+  ``tf_setup``): jax's INFO line for each platform it probes and does not find (libtpu on every
+  machine without a TPU; a missing CUDA plugin is a WARNING and stays), and matplotlib's one-time
+  "building the font cache" notice. What is left is one line of ours naming the devices
+  (``train``)."""
+  logging.getLogger('jax._src.xla_bridge').addFilter(
+    lambda record: (
+      record.levelno >= logging.WARNING or 'Unable to initialize backend' not in record.getMessage()
+    )
+  )
+  logging.getLogger('matplotlib.font_manager').addFilter(
+    lambda record: 'building the font cache' not in record.getMessage()
+  )

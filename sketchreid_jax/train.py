@@ -29,6 +29,11 @@ import threading
 import time
 from typing import Any, Iterator
 
+# clu's metric writers import TensorFlow: tf_setup must come first (GPUs hidden, start-up quiet).
+from sketchreid_jax.tf_setup import tf  # noqa: F401
+
+# isort: split
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -304,13 +309,15 @@ def _setup(config: ml_collections.ConfigDict, workdir: str) -> _Run:
   )
   num_hosts = jax.process_count()
   log.info(
-    '%s: %d identities, %d steps/epoch, %d epochs, batch %d on %d device(s)',
+    '%s: %d identities, %d steps/epoch, %d epochs, batch %d on %d %s device(s), jax %s',
     config.method,
     train_set.num_classes,
     steps_per_epoch,
     config.train.epochs,
     2 * P * K,
     launcher.num_devices,
+    jax.default_backend(),
+    jax.__version__,
   )
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   writer.write_hparams(
