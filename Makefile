@@ -1,6 +1,11 @@
 # Two entry points (see README): `make demo` and `make test`. Everything else is a helper of those.
 PYTHON ?= python3
-VENV   := .venv
+# One virtual environment per interpreter: `make test PYTHON=python3.12` builds .venv-3.12.
+ifeq ($(PYTHON),python3)
+VENV   ?= .venv
+else
+VENV   ?= .venv-$(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+endif
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 DEMO_WORKDIR ?= runs/demo
@@ -9,7 +14,7 @@ DEMO_WORKDIR ?= runs/demo
 
 help:
 	@echo "make demo   set up .venv, generate the synthetic data, train + evaluate the demo model"
-	@echo "make test   set up .venv and run the test suite"
+	@echo "make test   set up .venv and run the test suite (PYTHON=python3.12: on that interpreter, in .venv-3.12)"
 
 # Re-installs when pyproject.toml changes; the package is installed editable.
 $(STAMP): pyproject.toml
@@ -28,6 +33,7 @@ demo: data
 	$(PY) -m sketchreid_jax.main --config=configs/demo.py --workdir=$(DEMO_WORKDIR)
 
 test: setup
+	@$(PY) -c 'import sys, jax; print(f"python {sys.version.split()[0]} ({sys.executable}), jax {jax.__version__}")'
 	$(PY) -m pytest -q
 
 clean-demo:
