@@ -18,6 +18,7 @@ import contextlib
 import fcntl
 import hashlib
 import inspect
+import io
 import logging
 import os
 from pathlib import Path
@@ -30,6 +31,8 @@ from sketchreid_jax.tf_setup import tf  # noqa: E402  (hides GPUs from TF first)
 import tensorflow_datasets as tfds  # noqa: E402
 from absl import logging as absl_logging  # noqa: E402
 from etils import epath  # noqa: E402
+
+log = logging.getLogger(__name__)
 
 DEFAULT_CACHE_DIR = '~/.cache/sketchreid_jax/tfds'
 
@@ -105,9 +108,13 @@ def prepare(builder_class, root: Path, data_dir) -> 'tfds.core.DatasetBuilder':
     fcntl.flock(lock, fcntl.LOCK_EX)
     try:
       builder = builder_class(data_dir=str(data_dir))
-      builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=str(root), try_download_gcs=False)
-      )
+      # TFDS prints "Downloading and preparing dataset Unknown size ..." and "... downloaded and
+      # prepared to ...": nothing is downloaded (a manual_dir build), and build_and_read already
+      # said where the cache goes.
+      with contextlib.redirect_stdout(io.StringIO()):
+        builder.download_and_prepare(
+          download_config=tfds.download.DownloadConfig(manual_dir=str(root), try_download_gcs=False)
+        )
     finally:
       fcntl.flock(lock, fcntl.LOCK_UN)
   return builder
@@ -172,6 +179,8 @@ def build_and_read(
   """
   import numpy as np
 
+  if not any(Path(data_dir).glob('*/*/dataset_info.json')):
+    log.info('%s: building the TFDS cache in %s (once per data fingerprint)', root, data_dir)
   with quiet_tfds():
     builder = prepare(builder_class, root, data_dir)
     parts = [read_split(builder, split, read_batch) for split in splits]
