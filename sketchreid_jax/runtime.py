@@ -46,3 +46,11 @@ def quiet_start() -> None:
   logging.getLogger('matplotlib.font_manager').addFilter(
     lambda record: 'building the font cache' not in record.getMessage()
   )
+
+
+def peak_rss_mb() -> float:
+  """This process's peak resident memory in MiB (Linux VmHWM: unlike getrusage's ru_maxrss, it is
+  not inherited from the parent across exec, so a child process reports only its own)."""
+  with open('/proc/self/status') as f:
+    line = next(ln for ln in f if ln.startswith('VmHWM:'))
+  return int(line.split()[1]) / 1024

@@ -20,6 +20,14 @@ What each part measures:
   memory    always reported: peak host RSS of this process and, on an accelerator, its peak
             device memory
 
+--reference=torch (with step): also times the same step in PyTorch eager, in a child process of
+its own (so that neither framework's threads or memory count against the other): the baseline
+part of --config's method (two-stream ResNet-50 with last stride 1, GeM, BNNeck, CE + WRT, SGD
+Nesterov; sketchreid_jax.torch_reference) at the same width, image size, blocks and batch. It
+prints and writes the ratio torch step time / JAX step time (above 1: JAX is faster) and both
+processes' peak memory. Needs torch: pip install -e '.[torch]' (on a CPU-only machine,
+pip install torch --index-url https://download.pytorch.org/whl/cpu keeps it small).
+
 Numbers depend on the machine: the JSON records the CPU count, the JAX backend and device kind.
 """
 
@@ -27,11 +35,11 @@ import argparse
 import json
 import os
 import platform
-import resource
 import sys
 import time
 from collections.abc import Sequence
 
+from sketchreid_jax import runtime
 from sketchreid_jax.tools import cli
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -59,6 +67,12 @@ def _parser() -> argparse.ArgumentParser:
     'Python literal, else a string)',
   )
   p.add_argument('--steps', type=int, default=5, help='timed steps after the compiling one')
+  p.add_argument(
+    '--reference',
+    choices=('none', 'torch'),
+    default='none',
+    help='step: also time the PyTorch eager reference (below)',
+  )
   p.add_argument(
     '--set_size',
     type=int,
@@ -151,6 +165,7 @@ def bench_step(args) -> dict:
     batch['image'] = batch['image'][: P * K]
     batch['sketch_set'] = rng.normal(size=(P * K, args.set_size, h, w, 3)).astype(np.float32)
     batch['sketch_valid'] = np.ones((P * K, args.set_size), bool)
+  rss_before_mb = _current_rss_mb()
   perm = parallel.device_major_permutation(P, K, launcher.num_devices)
   device_batch = launcher.put_batch(parallel.device_order(batch, perm))
   state = launcher.put_state(state)
@@ -174,10 +189,61 @@ def bench_step(args) -> dict:
     'images_through_stems_per_step': P * K * (1 + (args.set_size if fused else 1)),
     'dtype': config.model.dtype,
     'devices': launcher.num_devices,
+    'blocks': list(config.model.blocks),
     'compile_plus_first_step_s': compile_s,
     'step_s': step_s,
     'images_per_s': 2 * P * K / step_s,
+    'host_rss_before_first_step_mb': rss_before_mb,
+    'peak_host_rss_mb': runtime.peak_rss_mb(),
   }
+
+
+def _current_rss_mb() -> float:
+  with open('/proc/self/statm') as f:
+    return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20
+
+
+def bench_torch_reference(args, step: dict) -> dict:
+  """The PyTorch eager step at ``step``'s sizes, run by sketchreid_jax.torch_reference in a child
+  process; adds the ratio torch step time / JAX step time."""
+  import importlib.util
+  import subprocess
+
+  if importlib.util.find_spec('torch') is None:
+    return {
+      'skipped': "torch is not installed: pip install -e '.[torch]' to get the PyTorch figure"
+    }
+  config = _config(args)
+  P, K = config.sampler.P, config.sampler.K
+  h, w = step['image_size']
+  cmd = [
+    sys.executable,
+    '-m',
+    'sketchreid_jax.torch_reference',
+    f'--width={step["width"]}',
+    f'--image_size={h},{w}',
+    f'--P={P}',
+    f'--K={K}',
+    f'--steps={args.steps}',
+    f'--blocks={",".join(map(str, step["blocks"]))}',
+    f'--set_size={args.set_size if step["sketch_fusion"] else 0}',
+  ]
+  done = subprocess.run(cmd, capture_output=True, text=True)
+  if done.returncode:
+    raise SystemExit(f'bench: the torch reference failed: {done.stderr.strip()[-500:]}')
+  torch_result = json.loads(done.stdout.strip().splitlines()[-1])
+  torch_result['scope'] = (
+    'the baseline part of the method (two-stream ResNet-50, GeM, BNNeck, CE + WRT, SGD) at the '
+    'same width, image size, blocks and batch'
+  )
+  torch_result['torch_step_s_over_jax_step_s'] = torch_result['step_s'] / step['step_s']
+  left_out = []
+  if config.method != 'baseline':
+    left_out.append(f"{config.method}'s own modules and losses")
+  if step['sketch_fusion'] and config.model.get('fusion_nonlocal'):
+    left_out.append('the Non-local block on the fused sketch maps')
+  torch_result['left_out'] = left_out
+  return torch_result
 
 
 def bench_pipeline(args) -> dict:
@@ -270,7 +336,7 @@ def machine() -> dict:
 def memory() -> dict:
   import jax
 
-  out = {'peak_host_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+  out = {'peak_host_rss_mb': runtime.peak_rss_mb()}
   stats = jax.devices()[0].memory_stats() or {}
   if 'peak_bytes_in_use' in stats:
     out['peak_device_mb'] = stats['peak_bytes_in_use'] / 2**20
@@ -295,6 +361,24 @@ def main(argv: Sequence[str] | None = None) -> dict:
     print(f'bench: {part} ...', flush=True)
     report[part] = BENCHES[part](args)
     print(json.dumps(report[part], indent=2), flush=True)
+  if args.reference == 'torch':
+    if 'step' not in report:
+      raise SystemExit('--reference=torch compares the training step: add step to --what')
+    print('bench: torch reference ...', flush=True)
+    ref = report['torch_reference'] = bench_torch_reference(args, report['step'])
+    print(json.dumps(ref, indent=2), flush=True)
+    if 'skipped' in ref:
+      print(f'bench: no PyTorch figure: {ref["skipped"]}')
+    else:
+      step = report['step']
+      print(
+        f'bench: step at batch {step["batch"]}: jax {step["step_s"]:.3f} s, torch eager '
+        f'{ref["step_s"]:.3f} s: jax runs at {ref["torch_step_s_over_jax_step_s"]:.2f}x '
+        f"PyTorch's speed; peak host memory {step['peak_host_rss_mb']:.0f} MB (jax process) vs "
+        f'{ref["peak_host_rss_mb"]:.0f} MB (torch process)'
+      )
+      if ref['left_out']:
+        print(f'bench: the torch step leaves out {" and ".join(ref["left_out"])}')
   report['memory'] = memory()
   print(json.dumps({'machine': report['machine'], 'memory': report['memory']}, indent=2))
   if args.out:
