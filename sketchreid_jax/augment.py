@@ -20,6 +20,10 @@ Interpretations chosen:
 
 from sketchreid_jax.tf_setup import tf  # hides GPUs from TF first
 
+# isort: split
+
+import numpy as np
+
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 PIXEL_MAX = 255.0
@@ -37,10 +41,14 @@ def decode_mask(encoded: tf.Tensor) -> tf.Tensor:
   return tf.cast(mask, tf.float32) / PIXEL_MAX
 
 
-def normalize(rgb: tf.Tensor) -> tf.Tensor:
-  """[0, 255] RGB -> (x / 255 - mean) / std with the ImageNet statistics."""
-  mean = tf.constant(IMAGENET_MEAN, tf.float32)
-  std = tf.constant(IMAGENET_STD, tf.float32)
+def normalize(rgb):
+  """[0, 255] RGB -> (x / 255 - mean) / std with the ImageNet statistics.
+
+  The statistics are float32 numpy constants, so the same function normalises a TF tensor (the
+  input pipeline, the SavedModel) and a JAX array (the ONNX export's traced function).
+  """
+  mean = np.asarray(IMAGENET_MEAN, np.float32)
+  std = np.asarray(IMAGENET_STD, np.float32)
   return (rgb / PIXEL_MAX - mean) / std
 
 

@@ -48,9 +48,10 @@ def quiet_start() -> None:
   )
 
 
-def peak_rss_mb() -> float:
-  """This process's peak resident memory in MiB (Linux VmHWM: unlike getrusage's ru_maxrss, it is
-  not inherited from the parent across exec, so a child process reports only its own)."""
+def rss_mb(field: str = 'VmHWM') -> float:
+  """This process's resident memory in MiB from /proc/self/status: ``VmHWM`` its peak (unlike
+  getrusage's ru_maxrss, not inherited from the parent across exec, so a child process reports
+  only its own), ``VmRSS`` the current."""
   with open('/proc/self/status') as f:
-    line = next(ln for ln in f if ln.startswith('VmHWM:'))
+    line = next(ln for ln in f if ln.startswith(f'{field}:'))
   return int(line.split()[1]) / 1024

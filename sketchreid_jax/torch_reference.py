@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sketchreid_jax.runtime import peak_rss_mb
+from sketchreid_jax.runtime import rss_mb
 
 EXPANSION = 4
 BLOCKS = (3, 4, 6, 3)
@@ -169,7 +169,7 @@ def bench(
     'first_step_s': first_s,
     'step_s': step_s,
     'images_per_s': 2 * P * K / step_s,
-    'peak_host_rss_mb': peak_rss_mb(),
+    'peak_host_rss_mb': rss_mb(),
   }
 
 

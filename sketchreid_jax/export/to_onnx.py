@@ -29,12 +29,10 @@ def serving_fn(trained, modality):
   """JAX ``uint8 (B, H, W, 3) -> float32 (B, D)``: normalisation, then ``inference.embedding_fn``,
   with the weights closed over (they become the graph's initializers)."""
   embed = inference.embedding_fn(trained, modality)
-  mean = jnp.asarray(augment.IMAGENET_MEAN, jnp.float32)
-  std = jnp.asarray(augment.IMAGENET_STD, jnp.float32)
   variables = jax.tree.map(jnp.asarray, trained.variables)
 
   def serve(images):
-    return embed(variables, (images.astype(jnp.float32) / augment.PIXEL_MAX - mean) / std)
+    return embed(variables, augment.normalize(images.astype(jnp.float32)))
 
   return serve
 

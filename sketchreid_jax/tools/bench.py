@@ -165,7 +165,7 @@ def bench_step(args) -> dict:
     batch['image'] = batch['image'][: P * K]
     batch['sketch_set'] = rng.normal(size=(P * K, args.set_size, h, w, 3)).astype(np.float32)
     batch['sketch_valid'] = np.ones((P * K, args.set_size), bool)
-  rss_before_mb = _current_rss_mb()
+  rss_before_mb = runtime.rss_mb('VmRSS')
   perm = parallel.device_major_permutation(P, K, launcher.num_devices)
   device_batch = launcher.put_batch(parallel.device_order(batch, perm))
   state = launcher.put_state(state)
@@ -194,13 +194,8 @@ def bench_step(args) -> dict:
     'step_s': step_s,
     'images_per_s': 2 * P * K / step_s,
     'host_rss_before_first_step_mb': rss_before_mb,
-    'peak_host_rss_mb': runtime.peak_rss_mb(),
+    'peak_host_rss_mb': runtime.rss_mb(),
   }
-
-
-def _current_rss_mb() -> float:
-  with open('/proc/self/statm') as f:
-    return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20
 
 
 def bench_torch_reference(args, step: dict) -> dict:
@@ -336,7 +331,7 @@ def machine() -> dict:
 def memory() -> dict:
   import jax
 
-  out = {'peak_host_rss_mb': runtime.peak_rss_mb()}
+  out = {'peak_host_rss_mb': runtime.rss_mb()}
   stats = jax.devices()[0].memory_stats() or {}
   if 'peak_bytes_in_use' in stats:
     out['peak_device_mb'] = stats['peak_bytes_in_use'] / 2**20
@@ -352,6 +347,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
   unknown = [p for p in parts if p not in BENCHES]
   if unknown:
     raise SystemExit(f'--what: unknown part(s) {unknown}; choose from {", ".join(PARTS)}')
+  if args.reference == 'torch' and 'step' not in parts:
+    raise SystemExit('--reference=torch compares the training step: add step to --what')
   import jax
 
   if args.jax_cache:
@@ -362,8 +359,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
     report[part] = BENCHES[part](args)
     print(json.dumps(report[part], indent=2), flush=True)
   if args.reference == 'torch':
-    if 'step' not in report:
-      raise SystemExit('--reference=torch compares the training step: add step to --what')
     print('bench: torch reference ...', flush=True)
     ref = report['torch_reference'] = bench_torch_reference(args, report['step'])
     print(json.dumps(ref, indent=2), flush=True)
