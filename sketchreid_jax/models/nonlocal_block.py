@@ -15,6 +15,8 @@ Interpretations chosen:
   (matrix products associate) and differ only by float rounding, while the first needs an HW × HW
   affinity per sample (2592² floats = 27 MB at a 288×144 input, about 0.9 GB for the 32 fused maps
   of a batch) and the second a c' × c' one.
+* The 1×1 convolutions are ``PointwiseConv``: ``nn.Conv``'s parameters, computed as matrix
+  products (faster gradients on CPU, ``pointwise.py``).
 * The maps are NHWC; the parameter names mirror the release's (``g``, ``theta``, ``phi``,
   ``W_conv`` = ``W.0``, ``W_bn`` = ``W.1``), so ``weights.mm23`` converts them one to one.
 * The BatchNorm follows the backbone's conventions (momentum 0.9 in Flax = PyTorch's 0.1, eps 1e-5,
@@ -27,6 +29,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sketchreid_jax.models.pointwise import PointwiseConv
 from sketchreid_jax.models.resnet import _batch_norm
 
 Array = jax.Array
@@ -46,7 +49,7 @@ class NonLocal(nn.Module):
     if x.ndim != 4:
       raise ValueError(f'NonLocal: expected an NHWC map (4 dims), got shape {tuple(x.shape)}.')
     n, h, w, c = x.shape
-    conv = lambda features, name: nn.Conv(features, (1, 1), dtype=self.dtype, name=name)
+    conv = lambda features, name: PointwiseConv(features, dtype=self.dtype, name=name)
     flat = lambda t: t.reshape(n, h * w, -1)
     g, theta, phi = (flat(conv(self.inter_channels, k)(x)) for k in ('g', 'theta', 'phi'))
     y = theta @ (jnp.swapaxes(phi, 1, 2) @ g) / (h * w)
