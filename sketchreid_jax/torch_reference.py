@@ -12,8 +12,9 @@ The blocks are written out here (torchvision's layer names and shapes) so that t
 only ``torch``: PyPI's torchvision does not import beside every torch build.
 
 The step runs on random images in NCHW (PyTorch's default layout) with ``torch.get_num_threads()``
-threads, after one untimed warm-up step. It prints one JSON line: the mean step time, images/s and
-the peak resident memory of this process (its own process, so JAX's memory is not in it).
+threads, after one untimed warm-up step. It prints one JSON line: the mean step time, images/s,
+and this process's resident memory before the first step and at its peak (its own process, so
+JAX's memory is not in it).
 """
 
 import argparse
@@ -152,6 +153,7 @@ def bench(
     opt.step()
     return float(loss.detach())
 
+  rss_before_mb = rss_mb('VmRSS')
   t = time.perf_counter()
   step()
   first_s = time.perf_counter() - t
@@ -169,6 +171,7 @@ def bench(
     'first_step_s': first_s,
     'step_s': step_s,
     'images_per_s': 2 * P * K / step_s,
+    'host_rss_before_first_step_mb': rss_before_mb,
     'peak_host_rss_mb': rss_mb(),
   }
 

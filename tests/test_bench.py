@@ -85,6 +85,7 @@ def test_reference_torch_times_the_same_step_and_writes_the_ratio(tmp_path, caps
   assert ref['torch_step_s_over_jax_step_s'] == ref['step_s'] / step['step_s']
   assert ref['left_out'] == ['the Non-local block on the fused sketch maps']
   assert 0 < ref['peak_host_rss_mb'] < step['peak_host_rss_mb']  # its own process, no JAX or TF
+  assert 0 < ref['host_rss_before_first_step_mb'] < ref['peak_host_rss_mb']
   printed = capsys.readouterr().out
   assert "x PyTorch's speed" in printed and 'leaves out the Non-local block' in printed
 

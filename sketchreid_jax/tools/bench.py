@@ -370,7 +370,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         f'bench: step at batch {step["batch"]}: jax {step["step_s"]:.3f} s, torch eager '
         f'{ref["step_s"]:.3f} s: jax runs at {ref["torch_step_s_over_jax_step_s"]:.2f}x '
         f"PyTorch's speed; peak host memory {step['peak_host_rss_mb']:.0f} MB (jax process) vs "
-        f'{ref["peak_host_rss_mb"]:.0f} MB (torch process)'
+        f'{ref["peak_host_rss_mb"]:.0f} MB (torch process), of which the step added '
+        f'{step["peak_host_rss_mb"] - step["host_rss_before_first_step_mb"]:.0f} MB vs '
+        f'{ref["peak_host_rss_mb"] - ref["host_rss_before_first_step_mb"]:.0f} MB'
       )
       if ref['left_out']:
         print(f'bench: the torch step leaves out {" and ".join(ref["left_out"])}')
