@@ -23,6 +23,10 @@ Interpretations chosen (each one is what torchvision's ``resnet50`` does):
 * Flax's BatchNorm updates ``var`` with the biased batch variance where PyTorch's running_var
   uses the unbiased one; outputs for given statistics are identical, only fine-tuned running
   variances drift by a factor n/(n−1). Accepted, not corrected.
+* CPU fast paths, with the same variables and the same numbers up to float rounding: 1×1
+  convolutions are ``PointwiseConv`` (matrix products, ``pointwise.py``), the stem max-pool has a
+  hand-written gradient (``max_pool.py``), and the stem's bn1 takes one mask flag per image
+  (``row_masked_batch_norm.py``).
 * ``bn_axis_name`` is handed to every BatchNorm so batch statistics are averaged across devices
   under ``shard_map``/``pmap`` (None = per-device statistics).
 
