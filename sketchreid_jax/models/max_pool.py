@@ -15,7 +15,8 @@ pass sends each output's gradient to that position with 9 strided pads: about 13
 The gradient is the same as autodiff's: ``select_and_scatter`` with the ``ge`` selector also keeps
 the first maximum in row-major window order, so ties (common after a ReLU) go to the same element.
 Where windows overlap, an input element sums gradients from up to 4 outputs in a different order
-than XLA does, which changes the last bit of those sums and nothing else (tests/test_resnet.py).
+than XLA does, which changes the last bit of those sums and nothing else
+(tests/test_fast_layers.py).
 """
 
 import flax.linen as nn
@@ -29,16 +30,19 @@ _WINDOW = 3
 _STRIDE = 2
 
 
+def _pad(x: Array) -> Array:
+  return jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
+
+
 def _pool(x: Array) -> Array:
-  x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
   return nn.max_pool(
-    x, window_shape=(_WINDOW, _WINDOW), strides=(_STRIDE, _STRIDE), padding='VALID'
+    _pad(x), window_shape=(_WINDOW, _WINDOW), strides=(_STRIDE, _STRIDE), padding='VALID'
   )
 
 
 def _window_views(x: Array, out_hw: tuple[int, int]) -> list[Array]:
   """The 9 strided views of the −inf-padded input, one per window position, row-major."""
-  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
+  xp = _pad(x)
   ho, wo = out_hw
   return [
     xp[:, i : i + _STRIDE * (ho - 1) + 1 : _STRIDE, j : j + _STRIDE * (wo - 1) + 1 : _STRIDE, :]
